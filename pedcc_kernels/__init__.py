@@ -1,0 +1,8 @@
+"""pedcc_kernels: fused kernels for PEDCC-Loss (pre-defined evenly-distributed class centroids)."""
+from . import reference
+from .centroids import centroid_stats, generate_centroids
+from .loss import PEDCCLoss, pedcc_loss
+from .nbody import nbody_forces
+
+__all__ = ["PEDCCLoss", "centroid_stats", "generate_centroids", "nbody_forces", "pedcc_loss", "reference"]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Triton kernels and their custom-op wrappers, one module per kernel family."""
