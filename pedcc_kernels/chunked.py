@@ -1,8 +1,8 @@
 """PEDCC-Loss in plain torch, chunked over the classes: any device, memory O(N*chunk + N*d).
 
 Forward: one sweep over centroid chunks keeps FlashAttention-style online-softmax accumulators per row
-(running max, running sum, O_i = sum_j p_ij w^_j, P_i = sum_j p_ij cos_ij), which is all dL/dx needs
-(DESIGN §2). dL/dW, only when the centroids require grad, takes a second sweep that recomputes p from
+(running max, running sum, O_i = sum_j p_ij w^_j), which is all dL/dx needs (DESIGN §2); the other
+accumulator of DESIGN §2, P_i = sum_j p_ij cos_ij, equals x^_i . O_i and so costs nothing to keep. dL/dW, only when the centroids require grad, takes a second sweep that recomputes p from
 the saved log-sum-exp. The (N, C) logits never exist.
 """
 import torch
@@ -29,8 +29,9 @@ def through_normalization(grad_hat, hat, norm):
 
 
 def margin_logits(cos, labels, c0, s, m):
-    """s * (cos - m [j == y_i]) for a chunk of classes starting at c0, without a host sync."""
-    z = cos * s
+    """s * (cos - m [j == y_i]) for a chunk of classes starting at c0, in place of cos, without a host
+    sync (the chunk-sized buffer is the only one of the sweep)."""
+    z = cos.mul_(s)
     local = labels - c0
     in_chunk = (local >= 0) & (local < cos.shape[1])
     delta = torch.where(in_chunk, -s * m, 0.0).to(z.dtype)
@@ -50,18 +51,15 @@ class ChunkedRowLoss(torch.autograd.Function):
         run_max = torch.full((n_rows,), float("-inf"), dtype=acc, device=x_hat.device)
         run_sum = torch.zeros(n_rows, dtype=acc, device=x_hat.device)
         o_acc = torch.zeros(n_rows, dim, dtype=acc, device=x_hat.device) if need_dx else None
-        p_acc = torch.zeros(n_rows, dtype=acc, device=x_hat.device) if need_dx else None
         for c0 in range(0, centroids.shape[0], chunk):
             w_hat, _ = normalize_with_norm(centroids[c0:c0 + chunk].to(acc))
-            cos = x_hat @ w_hat.t()
-            z, _, _ = margin_logits(cos, labels, c0, s, m)
+            z, _, _ = margin_logits(x_hat @ w_hat.t(), labels, c0, s, m)
             new_max = torch.maximum(run_max, z.amax(1))
             rescale = torch.exp(run_max - new_max)
-            p = torch.exp(z - new_max[:, None])
+            p = z.sub_(new_max[:, None]).exp_()
             run_sum = run_sum * rescale + p.sum(1)
             if need_dx:
                 o_acc = torch.addmm(o_acc * rescale[:, None], p, w_hat)
-                p_acc = p_acc * rescale + (p * cos).sum(1)
             run_max = new_max
         lse = run_max + torch.log(run_sum)
         w_target, _ = normalize_with_norm(centroids[labels].to(acc))
@@ -69,15 +67,14 @@ class ChunkedRowLoss(torch.autograd.Function):
         row_am = lse - s * (target_cos - m)
         if need_dx:
             o_acc = o_acc / run_sum[:, None]
-            p_acc = p_acc / run_sum
-        ctx.save_for_backward(features, centroids, labels, lse, target_cos, o_acc, p_acc)
+        ctx.save_for_backward(features, centroids, labels, lse, target_cos, o_acc)
         ctx.s, ctx.m, ctx.chunk = s, m, chunk
         return row_am, target_cos
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_am, grad_cos):
-        features, centroids, labels, lse, target_cos, o_acc, p_acc = ctx.saved_tensors
+        features, centroids, labels, lse, target_cos, o_acc = ctx.saved_tensors
         s, m, chunk = ctx.s, ctx.m, ctx.chunk
         acc = lse.dtype
         grad_am = torch.zeros_like(lse) if grad_am is None else grad_am.to(acc)
@@ -86,7 +83,8 @@ class ChunkedRowLoss(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             w_target, _ = normalize_with_norm(centroids[labels].to(acc))
-            # sum_j g_ij w^_j and sum_j g_ij cos_ij with g_ij = a_i s (p_ij - d_ij) + b_i d_ij
+            # sum_j g_ij w^_j with g_ij = a_i s (p_ij - d_ij) + b_i d_ij; through_normalization takes
+            # its radial part x^_i . (...), which is sum_j g_ij cos_ij.
             g_w = (grad_am * s)[:, None] * (o_acc - w_target) + grad_cos[:, None] * w_target
             grad_x = through_normalization(g_w, x_hat, x_norm).to(features.dtype)
         if ctx.needs_input_grad[1]:
@@ -95,7 +93,7 @@ class ChunkedRowLoss(torch.autograd.Function):
             for c0 in range(0, centroids.shape[0], chunk):
                 w_hat, w_norm = normalize_with_norm(centroids[c0:c0 + chunk].to(acc))
                 z, in_chunk, local = margin_logits(x_hat @ w_hat.t(), labels, c0, s, m)
-                g = torch.exp(z - lse[:, None]) * (grad_am * s)[:, None]
+                g = z.sub_(lse[:, None]).exp_().mul_((grad_am * s)[:, None])
                 g.scatter_add_(1, local.clamp(0, z.shape[1] - 1)[:, None],
                                torch.where(in_chunk, target_weight, 0.0)[:, None])
                 grad_w[c0:c0 + chunk] = through_normalization(g.t() @ x_hat, w_hat, w_norm)
