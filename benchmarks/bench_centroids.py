@@ -1,0 +1,206 @@
+"""Centroid generation: speed of one N-body force evaluation, and quality of the generated centroids.
+
+    python benchmarks/bench_centroids.py                # CPU: forces at C in {1000, 2000, 5000}, d=512;
+                                                        # quality at (1000, 64), (2000, 128), (10000, 512)
+    python benchmarks/bench_centroids.py --device cuda  # GPU: forces at C in {10000, 50000, 100000}, d=512;
+                                                        # quality at (100000, 512)
+    python benchmarks/bench_centroids.py --dry-run      # tiny shapes on the CPU, seconds
+
+Forces (section "force"): the compiled op pk.nbody_forces ('op' on a CPU; 'simt' and 'tensor_core' on
+a GPU) against pedcc_kernels.nbody.nbody_forces_torch, the same math as chunked torch matmuls (cuBLAS
+on a GPU), which is the baseline of the ratios. Points are random unit vectors in float32.
+
+Quality (section "quality"): max cosine, min distance and wall time of random unit vectors,
+method="pedcc" (the authors' charge model, iterations capped: see PEDCC_ITERS) and
+method="repulsion" (stops on its own criterion), against the bound of centroid_stats.
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import Prepared, Run, Section, Unavailable, add_common_args, resolve_common  # noqa: E402
+
+FORCE_IMPLS = {"cpu": ("op", "torch"), "cuda": ("simt", "tensor_core", "torch")}
+# repulsion before pedcc: if a step's time limit cuts the run short, the method with targets is measured
+QUALITY_METHODS = ("random", "repulsion", "pedcc")
+# The authors' generator runs a fixed 200 iterations; where one iteration costs seconds (C=10000 on
+# two CPU cores) fewer are run, and the cap is printed with the result.
+PEDCC_ITERS = {(1000, 64): 200, (2000, 128): 200, (10000, 512): 30, (100000, 512): 50}
+FORCE = Section(name="force", title="N-body force evaluation", baseline="torch", x_key="C",
+                panel_keys=("d", "potential"), compare_keys=("C", "d", "potential", "param"))
+QUALITY = Section(name="quality", title="Centroid quality", baseline=None, x_key="C", panel_keys=("d",),
+                  compare_keys=("C", "d"))
+
+
+def force_cases(args, device):
+    if args.dry_run:
+        sizes, dim = (40, 80), 16
+    elif device == "cuda":
+        sizes, dim = (10000, 50000, 100000), 512
+    else:
+        sizes, dim = (1000, 2000, 5000), 512
+    sizes = args.C or sizes
+    return [dict(impl=impl, C=c, d=dim, potential=args.potential, param=args.param, chunk=args.chunk,
+                 device=device, seed=args.seed, same_math=True)
+            for c in sizes for impl in FORCE_IMPLS[device]]
+
+
+def quality_cases(args, device):
+    if args.dry_run:
+        shapes = [(50, 8)]
+    elif args.quality:
+        shapes = [tuple(int(v) for v in q.split(":")) for q in args.quality]
+    elif device == "cuda":
+        shapes = [(100000, 512)]
+    else:
+        shapes = [(1000, 64), (2000, 128), (10000, 512)]
+    cases = []
+    for c, d in shapes:
+        for method in QUALITY_METHODS:
+            if method == "pedcc":
+                cap = args.pedcc_iters or (10 if args.dry_run else PEDCC_ITERS.get((c, d), 200))
+            elif method == "repulsion":
+                cap = args.repulsion_iters or (10 if args.dry_run else None)
+            else:
+                cap = None
+            cases.append(dict(method=method, C=c, d=d, device=device, seed=args.seed, max_iters=cap))
+    return cases
+
+
+def force_label(p):
+    return f"C={p['C']} d={p['d']} {p['potential']} {p['impl']}"
+
+
+def quality_label(p):
+    return f"C={p['C']} d={p['d']} {p['method']}"
+
+
+def force_unavailable(p):
+    from pedcc_kernels import _ext, nbody
+
+    impl = p["impl"]
+    if impl == "torch":
+        if not hasattr(nbody, "nbody_forces_torch"):
+            return "pedcc_kernels.nbody.nbody_forces_torch is not in this build"
+        return None
+    if not _ext.available():
+        return f"pedcc_kernels._C is not built ({_ext.LOAD_ERROR})"
+    if p["device"] == "cuda" and not _ext.has_cuda_kernels():
+        return "pedcc_kernels._C was built without its CUDA kernels"
+    return None
+
+
+def quality_unavailable(p):
+    from pedcc_kernels import centroids
+
+    if p["method"] != "random" and p["method"] not in getattr(centroids, "METHODS", ()):
+        return f"generate_centroids has no method={p['method']!r} in this build"
+    return None
+
+
+def unit_rows(c, d, seed, device):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(c, d, generator=gen)
+    return (x / x.norm(dim=1, keepdim=True)).to(device)
+
+
+def make_case(p):
+    """One force evaluation on random unit points (the timed call)."""
+    import pedcc_kernels as pk
+    from pedcc_kernels import nbody
+
+    reason = force_unavailable(p)
+    if reason:
+        raise Unavailable(reason)
+    points = unit_rows(p["C"], p["d"], p["seed"], p["device"])
+    if p["impl"] == "torch":
+        def evaluate():
+            return nbody.nbody_forces_torch(points, p["potential"], p["param"], p["chunk"])
+    else:
+        impl = "auto" if p["impl"] == "op" else p["impl"]
+
+        def evaluate():
+            return pk.nbody_forces(points, p["potential"], p["param"], impl=impl)
+
+    def run():
+        evaluate()
+
+    def check():
+        out = evaluate()
+        forces, max_cos, energy = out if isinstance(out, (tuple, list)) else (out, None, None)
+        values = {"force_norm": forces.double().norm().item()}
+        if max_cos is not None:
+            values["max_cos"] = max_cos.max().item()
+        if energy is not None:
+            values["energy"] = energy.double().sum().item()
+        return values
+
+    return Prepared(run=run, input_bytes=points.numel() * points.element_size(),
+                    flop=4.0 * p["C"] ** 2 * p["d"], check=check)
+
+
+def generate(p):
+    """(C, d) centroids of one method, and the wall time it took."""
+    import torch
+
+    import pedcc_kernels as pk
+
+    sync = torch.cuda.synchronize if p["device"] == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    if p["method"] == "random":
+        points = unit_rows(p["C"], p["d"], p["seed"], p["device"])
+    else:
+        points = pk.generate_centroids(p["C"], p["d"], method=p["method"], seed=p["seed"], device=p["device"],
+                                       max_iters=p["max_iters"])
+    sync()
+    return points, time.perf_counter() - start
+
+
+def measure_quality(p):
+    import pedcc_kernels as pk
+
+    points, seconds = generate(p)
+    stats = pk.centroid_stats(points)
+    return {"time_s": seconds, "max_cos": stats["max_cos"], "min_dist": stats["min_dist"],
+            "mean_cos": stats["mean_cos"], "bound": stats["bound"], "gap_to_bound": stats["max_cos"] - stats["bound"]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument("--C", type=int, nargs="+", help="override the force benchmark's point counts")
+    parser.add_argument("--potential", default="coulomb", choices=("coulomb", "riesz", "lse"))
+    parser.add_argument("--param", type=float, default=1.0, help="Riesz exponent or lse temperature")
+    parser.add_argument("--chunk", type=int, default=4096, help="rows per chunk of the torch version")
+    parser.add_argument("--quality", nargs="+", metavar="C:d", help="override the quality shapes")
+    parser.add_argument("--pedcc-iters", type=int, default=None, help="iteration cap of method='pedcc'")
+    parser.add_argument("--repulsion-iters", type=int, default=None, help="iteration cap of method='repulsion'")
+    parser.add_argument("--skip", choices=("force", "quality"), action="append", default=[])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    device, out_dir, settings = resolve_common(args)
+    if device == "cuda" and args.warmup is None:
+        settings.warmup = 2  # nothing to compile or autotune: one call after the first is enough
+    if device == "cuda" and args.repeats is None:
+        settings.min_repeats = 3  # a call at C=100000 takes up to a second
+    run = Run(benchmark="centroids", script=os.path.abspath(__file__), device=device, out_dir=out_dir,
+              settings=settings, dry_run=args.dry_run, budget_s=args.budget_s, tag=args.tag,
+              config={k: v for k, v in vars(args).items()})
+    run.add_section(FORCE)
+    run.add_section(QUALITY)
+    if "force" not in args.skip:
+        run.measure("force", force_cases(args, device), force_unavailable, force_label)
+    if "quality" not in args.skip:
+        run.measure("quality", quality_cases(args, device), quality_unavailable, quality_label,
+                    runner=measure_quality)
+    return run.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# The one-call GPU check: on a GPU machine with no network, in under 8 minutes,
+#   1. installs the wheels carried in .whl/ (ignored by git) when there are any,
+#   2. builds the CUDA extension (TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation -e .),
+#   3. runs the GPU tests (pytest python_tests -x),
+#   4. runs bench_loss.py and bench_centroids.py at the GPU shapes,
+#   5. writes JSON, plots, the rendered tables and one bundled log under $OUT (7 files),
+# and prints a short summary table last.
+#
+#   OUT=/some/dir benchmarks/device_check.sh          # on the GPU machine ($OUT must be set)
+#   benchmarks/device_check.sh --dry-run              # anywhere, CPU, tiny shapes, ~1 minute;
+#                                                      # $OUT defaults to a temporary folder
+# Environment: PYTHON (default python3), CUDA_HOME (default /usr/local/cuda), DEVICE_CHECK_BUDGET_S
+# (total seconds, default 450 on a GPU, 240 in a dry run). Exit status 1 when a step failed.
+set -u -o pipefail
+
+DRY_RUN=0
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY_RUN=1 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+cd "$(dirname "$0")/.." || exit 2
+PY=${PYTHON:-python3}
+if [ "$DRY_RUN" = 1 ]; then
+    OUT=${OUT:-$(mktemp -d -t pedcc-device-check-XXXXXX)}
+    BUDGET=${DEVICE_CHECK_BUDGET_S:-240}
+else
+    if [ -z "${OUT:-}" ]; then echo "set OUT to the folder for results (or use --dry-run)" >&2; exit 2; fi
+    BUDGET=${DEVICE_CHECK_BUDGET_S:-450}
+fi
+if [ "$DRY_RUN" = 0 ]; then
+    export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+    [ -d "$CUDA_HOME/bin" ] && export PATH="$CUDA_HOME/bin:$PATH"
+fi
+mkdir -p "$OUT"
+WORK=$(mktemp -d -t pedcc-device-work-XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+LOG="$OUT/log.txt"
+SUMMARY="$OUT/summary.txt"
+: > "$LOG"
+: > "$WORK/steps"
+START=$(date +%s)
+FAILED=0
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+
+remaining() { echo $(( BUDGET - ($(date +%s) - START) )); }
+
+# step NAME CAP_SECONDS RESERVE_SECONDS COMMAND...: runs COMMAND with a timeout of at most CAP and
+# never into the RESERVE kept for later steps; its output goes to the bundled log, and on failure
+# its last lines are printed too.
+step() {
+    local name=$1 cap=$2 reserve=$3
+    shift 3
+    local limit=$(( $(remaining) - reserve ))
+    (( limit > cap )) && limit=$cap
+    if (( limit < 10 )); then
+        printf '%-16s %-8s %6s  %s\n' "$name" "skipped" "0" "no time left in the ${BUDGET}s budget" >> "$WORK/steps"
+        echo "== $name: skipped (no time left)"
+        return 0
+    fi
+    echo "== $name (limit ${limit}s): $*"
+    local t0 rc
+    t0=$(date +%s)
+    {
+        echo "================ $name: $* (limit ${limit}s)"
+        timeout --kill-after=10 "$limit" "$@"
+    } > "$WORK/$name.log" 2>&1
+    rc=$?
+    local took=$(( $(date +%s) - t0 ))
+    cat "$WORK/$name.log" >> "$LOG"
+    local status="ok"
+    if (( rc == 124 || rc == 137 )); then status="timeout"; elif (( rc != 0 )); then status="FAILED"; fi
+    if [ "$status" != ok ]; then
+        FAILED=1
+        echo "-- last lines of $name (exit $rc):"
+        tail -n 25 "$WORK/$name.log"
+    fi
+    local note
+    note=$(grep -E '(passed|failed|error|tests collected|no tests ran)' "$WORK/$name.log" | tail -n 1 | cut -c1-70)
+    printf '%-16s %-8s %6s  %s\n' "$name" "$status" "$took" "$note" >> "$WORK/steps"
+    return 0
+}
+
+skip_step() {
+    printf '%-16s %-8s %6s  %s\n' "$1" "skipped" "0" "$2" >> "$WORK/steps"
+    echo "== $1: skipped ($2)"
+}
+
+# 1. What the machine is.
+step environment 60 0 bash -c "
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    command -v nvcc >/dev/null && nvcc --version | tail -n 2
+    $PY -c 'import sys, torch; print(sys.version.split()[0], \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"gpu\", torch.cuda.is_available())'
+    $PY -c 'import triton; print(\"triton\", triton.__version__)' || true
+    nproc; uptime"
+
+# 2. Wheels carried in .whl/ (packages missing on a machine without network), into a private folder.
+if ls .whl/*.whl >/dev/null 2>&1; then
+    step wheels 90 0 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$WORK/site" .whl/*.whl
+    export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+else
+    skip_step wheels "no .whl/*.whl"
+fi
+
+# 3. The extension with its CUDA kernels.
+if [ "$DRY_RUN" = 1 ]; then
+    skip_step build "dry run: uses the extension already built, if any"
+else
+    step build 240 200 env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
+        bash -c "$PY -m pip install --no-build-isolation --no-deps -e . \
+                 || $PY setup.py build_ext --inplace; \
+                 $PY -c 'from pedcc_kernels import _ext; print(\"CUDA kernels built:\", _ext.has_cuda_kernels()); \
+                         import sys; sys.exit(0 if _ext.has_cuda_kernels() else 1)'"
+fi
+
+# 4. Tests: the whole suite on the GPU (the dry run only collects it, which imports every test file).
+if [ "$DRY_RUN" = 1 ]; then
+    step tests 90 120 "$PY" -m pytest python_tests --collect-only -q -p no:cacheprovider
+else
+    step tests 150 170 "$PY" -m pytest python_tests -x -q -p no:cacheprovider \
+        --ignore=python_tests/test_benchmarks.py
+fi
+
+# 5. Benchmarks; each gets a time budget inside its step's limit so that it writes its results.
+BENCH_ARGS=(--out-dir "$OUT")
+if [ "$DRY_RUN" = 1 ]; then BENCH_ARGS+=(--dry-run); else BENCH_ARGS+=(--device cuda); fi
+# A benchmark stops starting cases after its --budget-s and then needs some seconds to finish.
+bench_budget() { local b=$(( $1 * 3 / 4 - 10 )); (( b < 10 )) && b=10; echo $b; }
+LOSS_CAP=$(( $(remaining) > 340 ? 170 : $(remaining) / 2 ))
+step bench_loss "$LOSS_CAP" 60 "$PY" benchmarks/bench_loss.py "${BENCH_ARGS[@]}" --budget-s "$(bench_budget "$LOSS_CAP")"
+CENTROID_CAP=$(( $(remaining) - 20 ))
+(( CENTROID_CAP > 170 )) && CENTROID_CAP=170
+step bench_centroids "$CENTROID_CAP" 15 "$PY" benchmarks/bench_centroids.py "${BENCH_ARGS[@]}" \
+    --budget-s "$(bench_budget "$CENTROID_CAP")"
+
+# 6. Tables from whatever JSON was written.
+if ls "$OUT"/*.json >/dev/null 2>&1; then
+    step tables 30 0 "$PY" benchmarks/render_tables.py "$OUT"/*.json -o "$OUT/tables.md"
+    "$PY" benchmarks/render_tables.py --summary "$OUT"/*.json > "$WORK/summary_tables.md" 2>>"$LOG"
+else
+    skip_step tables "no result JSON was written"
+fi
+
+{
+    echo
+    echo "# device check$([ "$DRY_RUN" = 1 ] && echo ' (dry run)'): $(( $(date +%s) - START )) s of a ${BUDGET} s budget, results in $OUT"
+    printf '%-16s %-8s %6s  %s\n' step status seconds note
+    cat "$WORK/steps"
+    if [ -s "$WORK/summary_tables.md" ]; then echo; cat "$WORK/summary_tables.md"; fi
+} > "$SUMMARY"
+cat "$SUMMARY" >> "$LOG"
+cat "$SUMMARY"
+exit $FAILED
