@@ -59,6 +59,8 @@ def pedcc_loss(features, labels, centroids, *, s=15.0, m=0.5, n=1.0, lam=1.0, re
     options = dict(s=float(s), m=float(m), n=float(n), lam=float(lam), reduction=reduction,
                    mse_reduction=mse_reduction, ignore_index=ignore_index)
     chosen = resolve_backend(backend, features.device)
+    if backend == "auto" and torch.float64 in (features.dtype, centroids.dtype):
+        chosen = "torch"  # the Triton kernels accumulate in float32
     if chosen == "reference":
         return pedcc_loss_reference(features, labels, centroids, **options)
     if chosen == "triton":

@@ -1,0 +1,185 @@
+"""Backward Triton kernels of the fused PEDCC-Loss.
+
+The incoming gradients are per row: a_i = dL/d row_am_i and b_i = dL/d cos_iy (every reduction,
+ignore_index and the MSE root are folded into them by torch autograd of reference.combine_rows), so
+dL/dcos_ij = g_ij = a_i s (p_ij - [j == y_i]) + b_i [j == y_i].
+
+dL/dx needs only the rows saved by the forward sweep (O(N*d)); dL/dW sweeps the rows once per
+centroid tile, recomputing p from the saved log-sum-exp, and writes per-piece partial sums that a
+finish kernel adds in a fixed order (no atomics: deterministic) before the chain through w's
+normalisation.
+"""
+import functools
+
+import triton
+import triton.language as tl
+
+from .fused_loss_config import size_key, sweep_configs
+from .fused_loss_fwd import LOG2E, NORM_EPS
+
+
+@triton.jit
+def grad_features_kernel(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, off_o_ptr, off_pcos_ptr, off_mass_ptr,
+                         tcos_ptr, grad_am_ptr, grad_cos_ptr, dx_ptr,
+                         n_rows, n_classes, dim, stride_xr, stride_xd, stride_wc, stride_wd, scale,
+                         BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dx_i = (G_i - (G_i . x^_i) x^_i) / ||x_i|| with G_i = sum_j g_ij w^_j, from the forward's
+    off-target sums (O'_i = sum_{j != y} p_ij w^_j, P'_i = sum_{j != y} p_ij cos_ij, q_i = 1 - p_iy):
+    G_i = a_i s (O'_i - q_i w^_y) + b_i w^_y and G_i . x^_i = a_i s (P'_i - q_i cos_iy) + b_i cos_iy.
+    G_i / eps where ||x_i|| <= eps (autograd of x / max(||x||, eps)). dx is written contiguous in
+    dx_ptr's dtype. Labels outside [0, C) (possible with check_labels=False) read no memory."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
+    labels = tl.load(labels_ptr + rows, mask=row_ok, other=0)
+    label_ok = row_ok & (labels >= 0) & (labels < n_classes)
+    a_s = tl.load(grad_am_ptr + rows, mask=row_ok, other=0.0) * scale
+    b = tl.load(grad_cos_ptr + rows, mask=row_ok, other=0.0)
+    x_norm = tl.load(x_norm_ptr + rows, mask=row_ok, other=1.0)
+    above = x_norm > NORM_EPS
+    inv_x_norm = 1.0 / tl.maximum(x_norm, NORM_EPS)
+    inv_wy_norm = 1.0 / tl.maximum(tl.load(w_norm_ptr + labels, mask=label_ok, other=1.0), NORM_EPS)
+    tcos = tl.load(tcos_ptr + rows, mask=row_ok, other=0.0)
+    off_mass = tl.load(off_mass_ptr + rows, mask=row_ok, other=0.0)
+    radial = a_s * (tl.load(off_pcos_ptr + rows, mask=row_ok, other=0.0) - off_mass * tcos) + b * tcos
+    for d0 in range(0, dim, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (ds[None, :] < dim)
+        off_o = tl.load(off_o_ptr + rows[:, None] * dim + ds[None, :], mask=ok, other=0.0)
+        x = tl.load(x_ptr + rows[:, None] * stride_xr + ds[None, :] * stride_xd, mask=ok, other=0.0)
+        w_y = tl.load(w_ptr + labels[:, None] * stride_wc + ds[None, :] * stride_wd,
+                      mask=ok & label_ok[:, None], other=0.0)
+        w_y = w_y.to(tl.float32) * inv_wy_norm[:, None]
+        g = a_s[:, None] * (off_o - off_mass[:, None] * w_y) + b[:, None] * w_y
+        x_hat = x.to(tl.float32) * inv_x_norm[:, None]
+        dx = tl.where(above[:, None], g - radial[:, None] * x_hat, g) * inv_x_norm[:, None]
+        tl.store(dx_ptr + rows[:, None] * dim + ds[None, :], dx.to(dx_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit(do_not_specialize=["n_rows", "n_classes", "rows_per_piece", "rows_key", "classes_key"])
+def _grad_centroids_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, lse_ptr,
+                          grad_am_ptr, grad_cos_ptr, part_ptr,
+                          n_rows, n_classes, dim, rows_per_piece,
+                          stride_xr, stride_xd, stride_wc, stride_wd,
+                          scale, scale_log2, margin_log2, rows_key, classes_key,
+                          UPCAST: tl.constexpr, PRECISION: tl.constexpr, D_PAD: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr, D_SLICE: tl.constexpr):
+    """One program: BLOCK_M centroids x one piece of the rows x one slice of d. Writes
+    part[piece, j, slice] = sum_i g_ij x^_i (fp32), the gradient w.r.t. the normalised centroid.
+    Roles are the forward's with rows and classes swapped: the centroid tile stays, rows stream."""
+    ONE_K: tl.constexpr = BLOCK_K == D_PAD
+    SAME_TILE: tl.constexpr = (BLOCK_K == D_PAD) & (D_SLICE == D_PAD)
+    n_slices = tl.cdiv(dim, D_SLICE)
+    piece = tl.program_id(1) // n_slices
+    d_slice = tl.program_id(1) % n_slices
+
+    # int32 offsets inside a tile, int64 tile bases, as in the forward sweep.
+    col0 = tl.program_id(0) * BLOCK_M
+    m_local = tl.arange(0, BLOCK_M)
+    n_local = tl.arange(0, BLOCK_N)
+    cols = col0 + m_local
+    col_ok = cols < n_classes
+    inv_w_norm = 1.0 / tl.maximum(tl.load(w_norm_ptr + cols, mask=col_ok, other=1.0), NORM_EPS)
+    w_base = w_ptr + col0.to(tl.int64) * stride_wc
+    r_begin = piece * rows_per_piece
+    r_end = tl.minimum(r_begin + rows_per_piece, n_rows)
+
+    d_all = tl.arange(0, D_PAD)
+    if ONE_K:
+        w = tl.load(w_base + m_local[:, None] * stride_wc + d_all[None, :] * stride_wd,
+                    mask=col_ok[:, None] & (d_all[None, :] < dim), other=0.0)
+        if UPCAST:
+            w = w.to(tl.float32)
+    d_out = d_slice * D_SLICE + tl.arange(0, D_SLICE)
+    d_out_ok = d_out < dim
+
+    acc = tl.zeros([BLOCK_M, D_SLICE], dtype=tl.float32)
+    for r0 in range(r_begin, r_end, BLOCK_N):
+        rows = r0 + n_local
+        row_ok = rows < r_end
+        x_base = x_ptr + tl.cast(r0, tl.int64) * stride_xr
+        labels = tl.load(labels_ptr + rows, mask=row_ok, other=0).to(tl.int32)
+        inv_x_norm = 1.0 / tl.maximum(tl.load(x_norm_ptr + rows, mask=row_ok, other=1.0), NORM_EPS)
+        lse_log2 = tl.load(lse_ptr + rows, mask=row_ok, other=0.0) * LOG2E
+        a_s = tl.load(grad_am_ptr + rows, mask=row_ok, other=0.0) * scale
+        b = tl.load(grad_cos_ptr + rows, mask=row_ok, other=0.0)
+        if ONE_K:
+            x = tl.load(x_base + n_local[:, None] * stride_xr + d_all[None, :] * stride_xd,
+                        mask=row_ok[:, None] & (d_all[None, :] < dim), other=0.0)
+            if UPCAST:
+                x = x.to(tl.float32)
+            dots = tl.dot(w, tl.trans(x), input_precision=PRECISION)
+        else:
+            dots = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for k0 in range(0, dim, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                k_ok = ks < dim
+                wk = tl.load(w_base + m_local[:, None] * stride_wc + ks[None, :] * stride_wd,
+                             mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+                xk = tl.load(x_base + n_local[:, None] * stride_xr + ks[None, :] * stride_xd,
+                             mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                if UPCAST:
+                    wk = wk.to(tl.float32)
+                    xk = xk.to(tl.float32)
+                dots = tl.dot(wk, tl.trans(xk), dots, input_precision=PRECISION)
+        cos = dots * inv_w_norm[:, None] * inv_x_norm[None, :]
+        is_target = cols[:, None] == labels[None, :]
+        z = cos * scale_log2 - tl.where(is_target, margin_log2, 0.0)
+        p = tl.exp2(z - lse_log2[None, :])
+        g = a_s[None, :] * (p - tl.where(is_target, 1.0, 0.0)) + tl.where(is_target, b[None, :], 0.0)
+        # x^ = x / ||x|| enters through g (BLOCK_M x BLOCK_N products), not the x tile (BLOCK_N x d).
+        # Padding columns are zeroed too: their p = exp(0 - lse) can be huge when every logit is negative.
+        g = tl.where(col_ok[:, None] & row_ok[None, :], g * inv_x_norm[None, :], 0.0)
+        if SAME_TILE:
+            x_out = x
+        else:
+            x_out = tl.load(x_base + n_local[:, None] * stride_xr + d_out[None, :] * stride_xd,
+                            mask=row_ok[:, None] & d_out_ok[None, :], other=0.0)
+            if UPCAST:
+                x_out = x_out.to(tl.float32)
+        acc = tl.dot(g.to(x_out.dtype), x_out, acc, input_precision=PRECISION)
+
+    at = piece.to(tl.int64) * n_classes + cols
+    tl.store(part_ptr + at[:, None] * dim + d_out[None, :], acc, mask=col_ok[:, None] & d_out_ok[None, :])
+
+
+@functools.lru_cache(maxsize=None)
+def grad_centroids_sweep_kernel(d_pad: int, fp32: bool):
+    """The dL/dW sweep, autotuned over the configs for this padded dimension and operand width."""
+    return triton.autotune(configs=sweep_configs(d_pad, fp32), key=["dim", "rows_key", "classes_key"])(
+        _grad_centroids_sweep)
+
+
+def grad_centroids_sweep_keys(n_rows: int, n_classes: int) -> dict:
+    return {"rows_key": size_key(n_rows), "classes_key": size_key(n_classes)}
+
+
+@triton.jit
+def grad_centroids_finish_kernel(part_ptr, w_ptr, w_norm_ptr, dw_ptr, n_classes, dim, n_pieces,
+                                 stride_wc, stride_wd, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dw_j = (G_j - (G_j . w^_j) w^_j) / ||w_j|| (G_j / eps where ||w_j|| <= eps), G_j the sum of
+    the pieces' partial gradients in piece order; written contiguous in dw_ptr's dtype."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_classes
+    w_norm = tl.load(w_norm_ptr + rows, mask=row_ok, other=1.0)
+    above = w_norm > NORM_EPS
+    inv_w_norm = 1.0 / tl.maximum(w_norm, NORM_EPS)
+    radial = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for d0 in range(0, dim, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (ds[None, :] < dim)
+        g = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+        for k in range(0, n_pieces):
+            g += tl.load(part_ptr + (k * n_classes + rows)[:, None] * dim + ds[None, :], mask=ok, other=0.0)
+        w = tl.load(w_ptr + rows[:, None] * stride_wc + ds[None, :] * stride_wd, mask=ok, other=0.0)
+        radial += tl.sum(g * (w.to(tl.float32) * inv_w_norm[:, None]), axis=1)
+    for d0 in range(0, dim, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (ds[None, :] < dim)
+        g = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+        for k in range(0, n_pieces):
+            g += tl.load(part_ptr + (k * n_classes + rows)[:, None] * dim + ds[None, :], mask=ok, other=0.0)
+        w_hat = tl.load(w_ptr + rows[:, None] * stride_wc + ds[None, :] * stride_wd, mask=ok,
+                        other=0.0).to(tl.float32) * inv_w_norm[:, None]
+        dw = tl.where(above[:, None], g - radial[:, None] * w_hat, g) * inv_w_norm[:, None]
+        tl.store(dw_ptr + rows[:, None] * dim + ds[None, :], dw.to(dw_ptr.dtype.element_ty), mask=ok)

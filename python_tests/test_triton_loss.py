@@ -1,0 +1,251 @@
+"""The fused Triton loss (backend='triton') against the float64 reference: values, dL/dx and dL/dW.
+
+The same file runs on CPU under TRITON_INTERPRET=1 (tiny shapes, set by conftest) and on a GPU
+without the interpreter (larger shapes). Rule of DESIGN §6: |fast - truth| <= |reference in the same
+dtype - truth| + tol, with truth the reference in float64 on the same (rounded) inputs.
+"""
+import pytest
+import torch
+
+import pedcc_kernels as pk
+from pedcc_kernels.reference import loss_dtype, pedcc_loss_reference
+
+from conftest import DEVICE, ON_GPU, assert_close_to_truth
+
+# (N, C, d). Under the interpreter the sweep tiles are 16 x 16 with d-tiles of 32, class pieces of
+# 16 and row pieces of 16 (kernels/fused_loss_config.py), so these cover N = 1, C = 1, sizes that
+# are not multiples of a tile, several class pieces and row pieces, the one-pass (d <= 32) and the
+# d-sliced (d > 32) sweeps.
+CPU_SHAPES = [(1, 1, 3), (1, 40, 20), (6, 1, 5), (19, 37, 20), (21, 50, 40), (40, 20, 9), (33, 70, 70)]
+# On a GPU: d = 3, 64 (one pass), 512 (one pass or slices, autotuned), 1000 (slices, unaligned rows).
+# Each new (d, dtype, layout) compiles and autotunes a few configs, hence few shapes.
+GPU_SHAPES = [(1, 1, 3), (300, 5000, 64), (257, 2500, 512), (70, 1100, 1000)]
+SHAPES = GPU_SHAPES if ON_GPU else CPU_SHAPES
+OPTION_SHAPE = (300, 5000, 64) if ON_GPU else (19, 37, 20)
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# The interpreter turns loop bounds computed from program ids into ints through numpy's deprecated path.
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+
+def make_inputs(n_rows, n_classes, dim, seed, x_dtype=torch.float32, w_dtype=None, ignore_index=None):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_rows, dim, dtype=torch.float64, generator=gen)
+    w = torch.randn(n_classes, dim, dtype=torch.float64, generator=gen)
+    y = torch.randint(0, n_classes, (n_rows,), generator=gen)
+    if ignore_index is not None and n_rows > 2:
+        y[1] = ignore_index
+    return x.to(DEVICE, x_dtype), y.to(DEVICE), w.to(DEVICE, w_dtype or x_dtype)
+
+
+def triton_loss(x, y, w, **kw):
+    return pk.pedcc_loss(x, y, w, backend="triton", **kw)
+
+
+def loss_and_grads(fn, x, y, w, *, grad_x=True, grad_w=True, seed=0, **kw):
+    """The loss and the gradients of <loss, random grad_output> w.r.t. the inputs that require grad."""
+    x = x.detach().clone().requires_grad_(grad_x)
+    w = w.detach().clone().requires_grad_(grad_w)
+    loss = fn(x, y, w, **kw)
+    wrt = [t for t in (x, w) if t.requires_grad]
+    if not wrt:
+        return loss, []
+    gen = torch.Generator().manual_seed(seed)
+    grad_out = torch.randn(loss.shape, dtype=torch.float64, generator=gen).to(loss.device, loss.dtype)
+    return loss, list(torch.autograd.grad(loss, wrt, grad_out))
+
+
+def check_against_truth(x, y, w, what, *, tol_dtype=None, grad_x=True, grad_w=True, **kw):
+    """Value and gradients of the triton backend vs the float64 reference, by the DESIGN §6 rule."""
+    tol_dtype = tol_dtype or x.dtype
+    fast, fast_grads = loss_and_grads(triton_loss, x, y, w, grad_x=grad_x, grad_w=grad_w, **kw)
+    same, same_grads = loss_and_grads(pedcc_loss_reference, x, y, w, grad_x=grad_x, grad_w=grad_w, **kw)
+    truth, truth_grads = loss_and_grads(pedcc_loss_reference, x.double(), y, w.double(), grad_x=grad_x,
+                                        grad_w=grad_w, **kw)
+    assert fast.dtype == loss_dtype(torch.promote_types(x.dtype, w.dtype))
+    assert fast.shape == truth.shape
+    assert_close_to_truth(fast, same, truth, tol_dtype, f"{what}: loss")
+    names = [n for n, g in (("dL/dx", grad_x), ("dL/dW", grad_w)) if g]
+    inputs = [t for t, g in ((x, grad_x), (w, grad_w)) if g]
+    for name, t, g_fast, g_same, g_truth in zip(names, inputs, fast_grads, same_grads, truth_grads):
+        assert g_fast.dtype == t.dtype and g_fast.shape == t.shape, name
+        assert_close_to_truth(g_fast, g_same, g_truth, tol_dtype, f"{what}: {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_reference(shape, dtype):
+    x, y, w = make_inputs(*shape, seed=sum(shape), x_dtype=dtype, ignore_index=-100)
+    check_against_truth(x, y, w, f"{shape} {dtype}")
+
+
+OPTIONS = ([dict(reduction=r, n=n, mse_reduction=mse) for r in ("mean", "sum") for n in (1.0, 2.0, 3.0)
+            for mse in ("sum", "mean")]
+           + [dict(reduction="none", n=n) for n in (1.0, 2.0, 3.0)]
+           + [dict(s=64.0, m=0.35), dict(s=1.0, m=-0.2, lam=0.0), dict(s=30.0, m=0.0, lam=2.5, n=2.0)])
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_options(options):
+    x, y, w = make_inputs(*OPTION_SHAPE, seed=1, ignore_index=-100)
+    check_against_truth(x, y, w, str(options), **options)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ignore_index(reduction):
+    n_rows, n_classes, dim = OPTION_SHAPE
+    x, y, w = make_inputs(n_rows, n_classes, dim, seed=2)
+    y[::3] = -1
+    check_against_truth(x, y, w, f"every third row ignored, {reduction}", reduction=reduction, ignore_index=-1)
+    y[1:] = -1
+    y[0] = n_classes - 1
+    check_against_truth(x, y, w, f"one row left, {reduction}", reduction=reduction, ignore_index=-1)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_features_with_float32_centroids(x_dtype):
+    """As under autocast: the GEMMs run in float32 (promoted, like the reference)."""
+    x, y, w = make_inputs(*SHAPES[-1], seed=3, x_dtype=x_dtype, w_dtype=torch.float32, ignore_index=-100)
+    check_against_truth(x, y, w, f"{x_dtype} features, float32 centroids")
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_confident_rows_keep_accurate_gradients(dtype, lam):
+    """Features next to their target among well-separated centroids (p_iy -> 1, as late in training):
+    dL/dx is a small difference of O(1) terms, so a half-precision GEMM must not round the target's
+    share of O_i = sum_j p_ij w^_j: rounded there, dL/dx would be off by about s * 2^-11 here, 30 times
+    the true gradient. Centroid norms of 1.3 make 1/||w_j||, hence the rounding, inexact."""
+    dim = 8
+    w = 1.3 * torch.cat([torch.eye(dim), -torch.eye(dim)]).double()
+    x, y, _ = make_inputs(OPTION_SHAPE[0], 2 * dim, dim, seed=12, x_dtype=torch.float64)
+    x = w[y.cpu()] + 0.05 * x.cpu()
+    x, w = x.to(DEVICE, dtype), w.to(DEVICE, dtype)
+    check_against_truth(x, y, w, f"confident rows {dtype}", s=30.0, lam=lam, reduction="sum")
+
+
+@pytest.mark.parametrize("grad_x,grad_w", [(True, False), (False, True), (False, False)])
+def test_gradient_subsets(grad_x, grad_w):
+    """Fixed centroids (the usual case), frozen features, and no gradient at all."""
+    x, y, w = make_inputs(*OPTION_SHAPE, seed=4, ignore_index=-100)
+    check_against_truth(x, y, w, f"grad_x={grad_x} grad_w={grad_w}", grad_x=grad_x, grad_w=grad_w)
+
+
+def strided_views(n_rows, n_classes, dim, seed):
+    """Non-contiguous features, labels and centroids of every common kind."""
+    x, y, w = make_inputs(2 * n_rows, 2 * n_classes, 2 * dim, seed)
+    y = y % n_classes
+    return {
+        "column-step views": (x[:n_rows, ::2], y[::2], w[:n_classes, ::2]),
+        "row-step views": (x[::2, :dim], y[:n_rows], w[::2, :dim]),
+        "transposed": (x[:n_rows, :dim].t().contiguous().t(), y[:n_rows], w[:n_classes, :dim].t().contiguous().t()),
+    }
+
+
+@pytest.mark.parametrize("layout", ["column-step views", "row-step views", "transposed"])
+def test_non_contiguous_inputs(layout):
+    x, y, w = strided_views(*SHAPES[-1], seed=5)[layout]
+    assert not (x.is_contiguous() and w.is_contiguous())
+    check_against_truth(x, y, w, layout)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy reports the NaNs
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_nan_features_give_nan(reduction):
+    n_rows, n_classes, dim = OPTION_SHAPE
+    x, y, w = make_inputs(n_rows, n_classes, dim, seed=6)
+    x[2, 0] = float("nan")
+    x, w = x.requires_grad_(), w.requires_grad_()
+    loss = triton_loss(x, y, w, reduction=reduction)
+    loss.sum().backward()
+    assert x.grad is not None and w.grad is not None
+    if reduction == "mean":
+        assert torch.isnan(loss)
+    else:
+        assert torch.isnan(loss[2])
+        clean = [i for i in range(n_rows) if i != 2]
+        assert torch.isfinite(loss[clean]).all()
+        assert torch.isfinite(x.grad[clean]).all()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_nan_centroid_gives_nan():
+    x, y, w = make_inputs(*OPTION_SHAPE, seed=7)
+    w[-1, -1] = float("nan")
+    assert torch.isnan(triton_loss(x, y, w))
+
+
+def test_bad_labels_raise_before_launch():
+    x, y, w = make_inputs(*OPTION_SHAPE, seed=8)
+    y[0] = w.shape[0]
+    with pytest.raises(ValueError, match="labels"):
+        triton_loss(x, y, w)
+
+
+def test_unchecked_bad_labels_do_not_crash():
+    """check_labels=False skips the host sync; labels outside [0, C) then give a meaningless number
+    (the caller's promise was broken) but must not read out of bounds."""
+    x, y, w = make_inputs(*OPTION_SHAPE, seed=13)
+    y[0], y[-1] = 10**6, -5
+    x.requires_grad_()
+    triton_loss(x, y, w, check_labels=False).backward()
+    if ON_GPU:
+        torch.cuda.synchronize()
+    assert x.grad.shape == x.shape
+
+
+def test_float64_is_refused_with_a_clear_error():
+    x, y, w = make_inputs(*OPTION_SHAPE, seed=9, x_dtype=torch.float64)
+    with pytest.raises(TypeError, match="float64"):
+        triton_loss(x, y, w)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="backend='auto' picks triton only for CUDA tensors")
+def test_auto_backend_keeps_float64_exact():
+    x, y, w = make_inputs(*OPTION_SHAPE, seed=14, x_dtype=torch.float64)
+    torch.testing.assert_close(pk.pedcc_loss(x, y, w), pedcc_loss_reference(x, y, w), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="host-sync detection needs CUDA")
+def test_no_host_sync_on_the_hot_path():
+    x, y, w = make_inputs(*OPTION_SHAPE, seed=10, x_dtype=torch.bfloat16)
+    x.requires_grad_()
+
+    def step():
+        triton_loss(x, y, w, check_labels=False).backward()
+
+    step()  # compiles and autotunes, which may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def free_gpu_bytes():
+    return torch.cuda.mem_get_info()[0] if ON_GPU else 0
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a GPU: too large for the interpreter")
+@pytest.mark.parametrize("n_rows,n_classes,dim,need_gib", [
+    (65536, 32769, 16, 2),       # N * C > 2^31
+    (8, 2_150_000, 1000, 10),    # C * d > 2^31 elements of centroids (4.3 GB in bf16)
+])
+def test_offsets_past_int32(n_rows, n_classes, dim, need_gib):
+    if free_gpu_bytes() < need_gib * 2**30:
+        pytest.skip(f"needs {need_gib} GiB of free GPU memory")
+    gen = torch.Generator(device=DEVICE).manual_seed(11)
+    x = torch.randn(n_rows, dim, device=DEVICE, generator=gen, dtype=torch.bfloat16).requires_grad_()
+    w = torch.randn(n_classes, dim, device=DEVICE, generator=gen, dtype=torch.bfloat16)
+    y = torch.randint(0, n_classes, (n_rows,), device=DEVICE, generator=gen)
+    y[-1] = n_classes - 1
+    rows = torch.tensor([0, n_rows // 2, n_rows - 1], device=DEVICE)
+    loss = triton_loss(x, y, w, reduction="none", check_labels=False)
+    (grad_x,) = torch.autograd.grad(loss[rows].sum(), x)
+    # The torch backend (chunked, float32 accumulation) on the sampled rows is the yardstick: a row's
+    # loss and gradient depend only on that row and all centroids.
+    x_rows = x.detach()[rows].requires_grad_()
+    expected = pk.pedcc_loss(x_rows, y[rows], w, reduction="none", backend="torch")
+    (expected_grad,) = torch.autograd.grad(expected.sum(), x_rows)
+    torch.testing.assert_close(loss[rows], expected, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(grad_x[rows].float(), expected_grad.float(), atol=1e-2, rtol=2e-2)
