@@ -22,6 +22,8 @@ def check_float_matrix(name, t):
 
 
 def check_scalar(name, value, *, low=None, low_inclusive=True):
+    if isinstance(value, (torch.SymInt, torch.SymFloat)):
+        return  # a symbolic number under torch.compile(dynamic=True) has no value to check
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     if not math.isfinite(value):
