@@ -42,8 +42,14 @@ def want_cuda():
     return True
 
 
+def cxx_standard():
+    """torch >= 2.14 headers need C++20; older ones build with C++17."""
+    major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    return "-std=c++20" if (major, minor) >= (2, 14) else "-std=c++17"
+
+
 def extension():
-    cxx_flags = ["-O3", "-std=c++17"]
+    cxx_flags = ["-O3", cxx_standard()]
     sources = [os.path.join(CSRC, "ops.cpp")]
     if want_cuda():
         import torch.utils.cpp_extension as ce
@@ -55,7 +61,7 @@ def extension():
             "pedcc_kernels._C",
             sources + cu_sources,
             define_macros=[("PEDCC_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", cxx_standard(), "--use_fast_math", "-lineinfo"]},
         )
     print("pedcc_kernels: building the CPU extension only")
     return CppExtension("pedcc_kernels._C", sources, extra_compile_args={"cxx": cxx_flags})

@@ -12,7 +12,7 @@
 
 namespace pedcc {
 
-enum Potential : int { kCoulomb = 0, kRiesz = 1, kLse = 2 };
+enum Potential : int { kCoulomb = 0, kRiesz = 1, kLse = 2, kHinge = 3 };
 
 // Coincident points would give an infinite Coulomb/Riesz energy; clamping r^2 keeps the force finite
 // so that one bad initial pair cannot poison the whole optimiser state with inf/NaN.
@@ -23,17 +23,41 @@ PEDCC_HD double pd_exp(double v) { return exp(v); }
 PEDCC_HD float pd_pow(float b, float e) { return powf(b, e); }
 PEDCC_HD double pd_pow(double b, double e) { return pow(b, e); }
 
+// Largest exponent of the lse potential before it continues linearly: e^60 ~ 1e26 leaves fp32 room
+// for sums over a billion pairs at any temperature t >= 1e-3.
+constexpr double kLseExponentCap = 60.0;
+
 // Pair energy phi(cos) and its derivative phi'(cos) for unit vectors at cosine `c`.
 //   coulomb: phi = 1/r,            r^2 = 2 - 2c          (the authors' charge model)
 //   riesz:   phi = r^(-s),         s = param > 0
-//   lse:     phi = exp((c - 1)/t), t = param > 0; summed and log-ed this is a soft maximum of the
-//            cosines. The shift by 1 only rescales the energy and keeps exp() <= 1, so no overflow.
+//   lse:     phi = exp(c/t),       t = param > 0; summed and log-ed this is a soft maximum of the
+//            cosines at temperature t. Unshifted, the weights of all cosines above -87 t stay in
+//            fp32's normal range, so the small t that aims at the largest cosine works in fp32.
+//            Above c/t = kLseExponentCap phi continues as its tangent line (C^1, increasing), so
+//            near-coincident points at a small t give a large finite force instead of inf.
+//   hinge:   phi = max(0, c - tau)^2, tau = param in [-1, 1]: only pairs above the target cosine
+//            tau push, linearly in their excess, which is the feasibility form of "max cos <= tau".
 template <typename T>
 PEDCC_HD void pair_potential(int kind, T param, T c, T* phi, T* dphi) {
+  if (kind == kHinge) {
+    const T excess = c - param;
+    const T positive = excess > T(0) || excess != excess ? excess : T(0);  // NaN stays NaN
+    *phi = positive * positive;
+    *dphi = T(2) * positive;
+    return;
+  }
   if (kind == kLse) {
-    const T e = pd_exp((c - T(1)) / param);
-    *phi = e;
-    *dphi = e / param;
+    const T u = c / param;
+    const T cap = T(kLseExponentCap);
+    if (!(u > cap)) {  // NaN takes this branch and stays NaN
+      const T e = pd_exp(u);
+      *phi = e;
+      *dphi = e / param;
+    } else {
+      const T top = pd_exp(cap);
+      *phi = top * (T(1) + u - cap);
+      *dphi = top / param;
+    }
     return;
   }
   const T s = kind == kCoulomb ? T(1) : param;
@@ -46,9 +70,14 @@ PEDCC_HD void pair_potential(int kind, T param, T c, T* phi, T* dphi) {
 
 // CUDA implementation (nbody.cu). points: (C, d) row-major fp32 on the device, rows of unit norm.
 // Writes forces (C, d) = -(I - x_i x_i^T) sum_{j != i} phi'(x_i.x_j) x_j, max_cos (C,), energy (C,).
-// impl: 0 = plain tiled fp32 (SIMT), 1 = tensor cores (tf32 Gram tile, fp32 accumulation).
-// Returns 0 on success or a cudaError_t value.
+// impl: 0 = plain tiled fp32 (SIMT), any d; 1 = tensor cores (tf32 operands of both products, fp32
+// accumulation, about 3 significant digits in the cosines), which runs the SIMT kernel instead
+// where it cannot (before sm_80, or d too large for its shared-memory accumulator: d > 1472 on
+// an H100). Asynchronous on `stream` (a cudaStream_t). Returns 0 or a cudaError_t value.
 int nbody_forces_cuda(const float* points, int64_t C, int64_t d, int kind, float param, int impl,
                       float* forces, float* max_cos, float* energy, void* stream);
+
+// cudaGetErrorString of a value returned by nbody_forces_cuda.
+const char* nbody_cuda_error_string(int code);
 
 }  // namespace pedcc

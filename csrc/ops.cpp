@@ -37,10 +37,18 @@ int parse_potential(c10::string_view name, double param) {
     TORCH_CHECK_VALUE(param > 0, "nbody_forces: param (the temperature t) must be > 0, got ", param);
     return kLse;
   }
-  TORCH_CHECK_VALUE(false, "nbody_forces: potential must be 'coulomb', 'riesz' or 'lse', got '", p, "'");
+  if (p == "hinge") {
+    TORCH_CHECK_VALUE(param >= -1 && param <= 1,
+                      "nbody_forces: param (the target cosine tau) must lie in [-1, 1], got ", param);
+    return kHinge;
+  }
+  TORCH_CHECK_VALUE(false, "nbody_forces: potential must be 'coulomb', 'riesz', 'lse' or 'hinge', got '", p,
+                    "'");
   return -1;
 }
 
+// 'auto' is the SIMT kernel: the tensor-core kernel becomes the default only once a GPU run has
+// matched it against the CPU op and shown it faster (benchmarks/device_check.sh records both).
 int parse_impl(c10::string_view name) {
   const std::string s(name);
   if (s == "auto" || s == "simt") return 0;
@@ -150,7 +158,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nbody_forces_cuda_op(const at::Te
                                     static_cast<float>(param), impl_id, forces.data_ptr<float>(),
                                     max_cos.data_ptr<float>(), energy.data_ptr<float>(),
                                     at::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(err == 0, "nbody_forces: CUDA launch failed with error ", err);
+  TORCH_CHECK(err == 0, "nbody_forces: CUDA launch failed: ", nbody_cuda_error_string(err));
   return {forces, max_cos, energy};
 }
 #endif

@@ -1,19 +1,28 @@
-"""Pre-defined evenly-distributed class centroids (DESIGN §3): closed forms and quality statistics."""
+"""Pre-defined evenly-distributed class centroids (DESIGN §3): closed forms, the iterative
+generators and quality statistics. Files: centroid_files.py; optimisers: sphere_repulsion.py."""
 import math
 
 import torch
 
 from .reference import normalize_rows
+from .sphere_repulsion import charge_model, repulsion
+from .spherical_bounds import max_cos_lower_bound
 
-METHODS = ("auto", "simplex", "orthoplex")
+METHODS = ("auto", "simplex", "orthoplex", "repulsion", "pedcc", "random")
+ITERATIVE_MAX_ITERS = {"repulsion": 2000, "pedcc": 200}
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Rows per block of the chunked statistics: the (rows x C) Gram block stays near this many bytes.
+STATS_BLOCK_BYTES = 64 << 20
+
+__all__ = ["METHODS", "centroid_stats", "generate_centroids", "max_cos_lower_bound", "orthoplex_centroids",
+           "random_centroids", "simplex_centroids"]
 
 
-def _check_sizes(num_classes, dim):
-    for name, v in (("num_classes", num_classes), ("dim", dim)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        if v < 1:
-            raise ValueError(f"{name} must be >= 1, got {v}")
+def _check_int(name, v, low):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < low:
+        raise ValueError(f"{name} must be >= {low}, got {v}")
 
 
 def random_orthonormal_columns(dim, k, generator):
@@ -44,69 +53,103 @@ def orthoplex_centroids(num_classes, dim, generator):
     return torch.cat([frame, -frame[: num_classes - axes]], dim=0)
 
 
+def random_centroids(num_classes, dim, generator):
+    """C normalised Gaussian vectors (float32): the baseline every method must beat."""
+    return normalize_rows(torch.randn(num_classes, dim, dtype=torch.float32, generator=generator))
+
+
+def resolve_method(method, num_classes, dim):
+    """The concrete method 'auto' stands for: simplex (C <= d+1), orthoplex (C <= 2d), repulsion."""
+    if method != "auto":
+        return method
+    if num_classes <= dim + 1:
+        return "simplex"
+    if num_classes <= 2 * dim:
+        return "orthoplex"
+    return "repulsion"
+
+
 def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, dtype=torch.float32,
                        max_iters=None, progress=False):
-    """C unit vectors in R^d spread as evenly as possible.
+    """C unit vectors in R^d spread as evenly as possible (largest pairwise cosine small).
 
     Args:
         num_classes: C >= 1; dim: d >= 1.
-        method: 'auto' (simplex for C <= d+1, orthoplex for C <= 2d), 'simplex', 'orthoplex'.
-        seed: the random rotation's seed; the same seed gives the same centroids.
-        device, dtype: of the result.
-        max_iters, progress: for the iterative methods.
+        method: 'auto' (simplex for C <= d+1, orthoplex for C <= 2d, repulsion beyond), 'simplex',
+            'orthoplex' (closed forms, optimal, randomly rotated), 'repulsion' (N-body optimiser
+            aimed at the largest cosine, stops when it stops improving), 'pedcc' (the authors'
+            charge model, a fixed number of iterations), 'random' (normalised Gaussian).
+        seed: the same seed gives the same centroids (on the same device and thread count: the
+            iterative methods amplify rounding differences between BLAS builds).
+        device: where the iterative methods run and the result lives (default CPU).
+        dtype: of the result (the optimisers keep float32 positions).
+        max_iters: cap on force evaluations of the iterative methods (default 2000 for
+            'repulsion', 200 for 'pedcc' as in the authors' code).
+        progress: show a progress bar (iteration, largest cosine, time) for the iterative methods.
 
     Returns:
-        (C, d) tensor of unit rows.
+        (C, d) tensor of unit rows, on `device`, in `dtype`.
     """
-    _check_sizes(num_classes, dim)
+    _check_int("num_classes", num_classes, 1)
+    _check_int("dim", dim, 1)
+    _check_int("seed", seed, 0)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    generator = torch.Generator().manual_seed(int(seed))
-    if method == "auto":
-        if num_classes <= dim + 1:
-            method = "simplex"
-        elif num_classes <= 2 * dim:
-            method = "orthoplex"
-        else:
-            raise ValueError(f"num_classes={num_classes} > 2*dim={2 * dim}: no closed form exists; "
-                             "the iterative repulsion method is needed for this size")
-    build = simplex_centroids if method == "simplex" else orthoplex_centroids
-    points = build(num_classes, dim, generator)
-    return normalize_rows(points).to(device=device, dtype=dtype)
-
-
-def max_cos_lower_bound(num_classes, dim):
-    """A lower bound on the largest pairwise cosine of any C unit vectors in R^d.
-
-    -1/(C-1) (simplex, tight for C <= d+1), 0 for d+1 < C <= 2d (Rankin, tight).
-    """
-    if num_classes <= 1:
-        return -1.0
-    if num_classes <= dim + 1:
-        return -1.0 / (num_classes - 1)
-    return 0.0
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    if max_iters is not None:
+        _check_int("max_iters", max_iters, 1)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device} was asked for but torch sees no CUDA device")
+    method = resolve_method(method, num_classes, dim)
+    generator = torch.Generator().manual_seed(seed)
+    if method == "simplex":
+        points = simplex_centroids(num_classes, dim, generator)
+    elif method == "orthoplex":
+        points = orthoplex_centroids(num_classes, dim, generator)
+    else:
+        points = random_centroids(num_classes, dim, generator)
+        if method in ITERATIVE_MAX_ITERS:
+            optimiser = repulsion if method == "repulsion" else charge_model
+            iters = max_iters if max_iters is not None else ITERATIVE_MAX_ITERS[method]
+            points = optimiser(points.to(device), max_iters=iters, progress=progress).points
+    points = points.to(device)
+    return normalize_rows(points.to(torch.promote_types(points.dtype, dtype))).to(dtype)
 
 
 @torch.no_grad()
-def centroid_stats(centroids, *, chunk_size=4096):
-    """Quality of a set of centroids, computed in row chunks (no C x C matrix).
+def centroid_stats(centroids, *, block_rows=None):
+    """Quality of a set of centroids, computed in row blocks (no C x C matrix): O(block * C) memory.
 
-    centroids: (C, d) float tensor (rows are normalised first).
-    Returns a dict of floats: max_cos (largest cosine between two different rows), min_dist
-    (smallest Euclidean distance between normalised rows), mean_cos (mean over pairs i != j), bound
-    (the best known lower bound on max_cos for this C and d).
+    Args:
+        centroids: (C, d) float tensor on any device (rows are normalised first; float64 stays
+            float64, other dtypes are measured in float32).
+        block_rows: rows per Gram block; default keeps a block near 64 MB.
+
+    Returns:
+        dict of floats: max_cos (largest cosine between two different rows; -1 for C = 1), min_dist
+        (smallest Euclidean distance between normalised rows), mean_cos (mean over pairs i != j),
+        bound (the best known lower bound on max_cos for this C and d: simplex value for C <= d+1,
+        0 for C <= 2d, Levenshtein's bound beyond).
     """
-    if not isinstance(centroids, torch.Tensor) or centroids.dim() != 2 or centroids.shape[0] == 0:
-        raise ValueError("centroids must be a non-empty (C, d) tensor")
+    if not isinstance(centroids, torch.Tensor):
+        raise TypeError(f"centroids must be a torch.Tensor, got {type(centroids).__name__}")
+    if centroids.dim() != 2 or centroids.shape[0] == 0 or centroids.shape[1] == 0:
+        raise ValueError(f"centroids must be a non-empty (C, d) tensor, got shape {tuple(centroids.shape)}")
+    if not centroids.is_floating_point():
+        raise TypeError(f"centroids must be a floating tensor, got {centroids.dtype}")
     x = normalize_rows(centroids.to(torch.float64 if centroids.dtype == torch.float64 else torch.float32))
     c, d = x.shape
+    if block_rows is None:
+        block_rows = max(1, min(c, STATS_BLOCK_BYTES // (c * x.element_size())))
     max_cos = -1.0
     if c > 1:
-        best = torch.tensor(-float("inf"), dtype=x.dtype, device=x.device)
-        for r0 in range(0, c, chunk_size):
-            gram = x[r0:r0 + chunk_size] @ x.t()
+        best = torch.full((), -math.inf, dtype=x.dtype, device=x.device)
+        for r0 in range(0, c, block_rows):
+            gram = x[r0:r0 + block_rows] @ x.t()
             rows = torch.arange(gram.shape[0], device=x.device)
-            gram[rows, rows + r0] = -float("inf")
+            gram[rows, rows + r0] = -math.inf
             best = torch.maximum(best, gram.max())
         max_cos = float(best)
     total = x.sum(0)

@@ -1,9 +1,44 @@
-"""The N-body force op on the sphere (DESIGN §3), the engine of the centroid optimisers."""
+"""The N-body force op on the sphere (DESIGN §3), the engine of the centroid optimisers.
+
+`nbody_forces` runs the compiled op (torch.ops.pedcc.nbody_forces: CPU kernel, CUDA kernels);
+`nbody_forces_torch` is the same math as chunked torch matmuls, used where the extension is missing,
+as the cross-check of the tests and as the cuBLAS baseline of the GPU benchmark.
+"""
+import math
+
 import torch
 
 from . import _ext
 
-POTENTIALS = ("coulomb", "riesz", "lse")
+POTENTIALS = ("coulomb", "riesz", "lse", "hinge")
+IMPLS = ("auto", "simt", "tensor_core")
+# Mirrors csrc/nbody.h: r^2 floor of coulomb/riesz, exponent cap of lse.
+MIN_SQUARED_DISTANCE = 1e-6
+LSE_EXPONENT_CAP = 60.0
+# Rows per chunk of nbody_forces_torch: the (rows x C) weight block stays near this many bytes.
+CHUNK_BYTES = 32 << 20
+
+
+def _check_potential(potential, param):
+    if potential not in POTENTIALS:
+        raise ValueError(f"potential must be one of {POTENTIALS}, got {potential!r}")
+    if isinstance(param, bool) or not isinstance(param, (int, float)):
+        raise TypeError(f"param must be a real number, got {type(param).__name__}")
+    if potential in ("riesz", "lse") and not param > 0:
+        name = "the Riesz exponent s" if potential == "riesz" else "the temperature t"
+        raise ValueError(f"param ({name}) must be > 0, got {param}")
+    if potential == "hinge" and not -1.0 <= param <= 1.0:
+        raise ValueError(f"param (the target cosine tau) must lie in [-1, 1], got {param}")
+
+
+def _check_points(points, allowed_dtypes):
+    if not isinstance(points, torch.Tensor):
+        raise TypeError(f"points must be a torch.Tensor, got {type(points).__name__}")
+    if points.dim() != 2 or points.shape[0] == 0 or points.shape[1] == 0:
+        raise ValueError(f"points must be a non-empty 2-D (C, d) tensor, got shape {tuple(points.shape)}")
+    if points.dtype not in allowed_dtypes:
+        names = ", ".join(str(t).replace("torch.", "") for t in allowed_dtypes)
+        raise TypeError(f"points must be {names} on {points.device.type}, got {points.dtype}")
 
 
 def nbody_forces(points, potential="coulomb", param=1.0, impl="auto"):
@@ -11,17 +46,94 @@ def nbody_forces(points, potential="coulomb", param=1.0, impl="auto"):
 
     Args:
         points: (C, d) unit rows; float32 or float64 on CPU, float32 on CUDA.
-        potential: pair energy phi of the cosine c: 'coulomb' (1/r, r^2 = 2 - 2c), 'riesz'
-            (r^-param), 'lse' (exp((c - 1)/param), a soft maximum of the cosines).
-        param: the Riesz exponent or the lse temperature (ignored by 'coulomb').
-        impl: CUDA variant, 'auto' | 'simt' | 'tensor_core' (CPU has one).
+        potential: pair energy phi of the cosine c: 'coulomb' (1/r, r^2 = 2 - 2c, the authors'
+            charge model), 'riesz' (r^-param), 'lse' (exp(c/param), continued linearly above
+            c/param = 60: a soft maximum of the cosines), 'hinge' (max(0, c - param)^2: only pairs
+            above the target cosine param push).
+        param: the Riesz exponent, the lse temperature or the hinge target (ignored by 'coulomb').
+        impl: CUDA variant: 'auto' (= 'simt', the plain fp32 kernel) or 'tensor_core' (tf32
+            operands, about 3 significant digits). CPU has one implementation and accepts any.
 
     Returns:
         forces (C, d) = -(I - x_i x_i^T) sum_{j != i} phi'(x_i.x_j) x_j,
         max_cos (C,) = max_{j != i} x_i.x_j (-inf when C == 1),
-        energy (C,) = sum_{j != i} phi(x_i.x_j).
+        energy (C,) = sum_{j != i} phi(x_i.x_j); all in the dtype of points.
     """
-    if not isinstance(points, torch.Tensor):
-        raise TypeError(f"points must be a torch.Tensor, got {type(points).__name__}")
+    allowed = (torch.float32,) if getattr(points, "is_cuda", False) else (torch.float32, torch.float64)
+    _check_points(points, allowed)
+    _check_potential(potential, param)
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     ops = _ext.require(points.device.type)
     return ops.nbody_forces(points, potential, float(param), impl)
+
+
+def pair_potential_torch(potential, param, cos):
+    """phi(cos) and phi'(cos) elementwise, the torch twin of pedcc::pair_potential (csrc/nbody.h).
+    cos: float tensor of any shape; returns two tensors of its shape and dtype."""
+    if potential == "lse":
+        u = cos / param
+        capped = u > LSE_EXPONENT_CAP
+        top = math.exp(LSE_EXPONENT_CAP)
+        e = torch.exp(u.clamp_max(LSE_EXPONENT_CAP))
+        phi = torch.where(capped, top * (1.0 + u - LSE_EXPONENT_CAP), e)
+        return phi, torch.where(capped, torch.full_like(e, top), e) / param
+    if potential == "hinge":
+        excess = (cos - param).clamp_min(0.0)  # clamp keeps NaN, as the C++ twin does
+        return excess * excess, 2.0 * excess
+    s = 1.0 if potential == "coulomb" else float(param)
+    r2 = (2.0 - 2.0 * cos).clamp_min(MIN_SQUARED_DISTANCE)
+    phi = r2.pow(-s / 2.0)
+    return phi, s * phi / r2
+
+
+@torch.no_grad()
+def nbody_forces_torch(points, potential="coulomb", param=1.0, chunk=None):
+    """The math of `nbody_forces` as chunked torch matmuls, on any device and float dtype.
+
+    Per chunk of rows: Gram block (rows x C) by one matmul, the pair weights phi' in place, the
+    force block by a second matmul. Memory O(chunk * C + C * d).
+
+    Args:
+        points: (C, d) unit rows, float32 or float64 (float16/bfloat16 on CUDA).
+        potential, param: as for `nbody_forces`.
+        chunk: rows per block; default keeps a block near 32 MB.
+
+    Returns:
+        forces (C, d), max_cos (C,), energy (C,) as `nbody_forces`.
+    """
+    _check_points(points, (torch.float16, torch.bfloat16, torch.float32, torch.float64))
+    _check_potential(potential, param)
+    c, d = points.shape
+    if chunk is None:
+        chunk = max(16, min(4096, CHUNK_BYTES // max(1, c * points.element_size())))
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    x = points.contiguous()
+    forces = torch.empty_like(x)
+    max_cos = x.new_empty((c,))
+    energy = x.new_empty((c,))
+    for r0 in range(0, c, chunk):
+        rows = x[r0:r0 + chunk]
+        gram = rows @ x.t()
+        diag = torch.arange(rows.shape[0], device=x.device)
+        phi, dphi = pair_potential_torch(potential, param, gram)
+        phi[diag, diag + r0] = 0
+        dphi[diag, diag + r0] = 0
+        gram[diag, diag + r0] = -math.inf
+        max_cos[r0:r0 + chunk] = gram.max(dim=1).values
+        energy[r0:r0 + chunk] = phi.sum(dim=1)
+        pull = dphi @ x
+        radial = (pull * rows).sum(dim=1, keepdim=True)
+        forces[r0:r0 + chunk] = -(pull - radial * rows)
+    return forces, max_cos, energy
+
+
+def force_engine(device, prefer_compiled=True):
+    """The force function the optimisers call on `device`: the compiled op when it is built for
+    that device type, else `nbody_forces_torch`. Returns (callable, name)."""
+    device = torch.device(device)
+    if prefer_compiled and _ext.available() and (device.type == "cpu" or
+                                                 (device.type == "cuda" and _ext.has_cuda_kernels())):
+        return nbody_forces, "op"
+    return nbody_forces_torch, "torch"

@@ -1,0 +1,162 @@
+"""The N-body force op (csrc/ops.cpp CPU kernel, csrc/nbody.cu on a GPU) and its chunked-torch twin,
+against a dense float64 computation written out here."""
+import math
+
+import pytest
+import torch
+
+from conftest import assert_close_to_truth
+from pedcc_kernels import _ext
+from pedcc_kernels.nbody import nbody_forces, nbody_forces_torch
+
+needs_ext = pytest.mark.skipif(not _ext.available(), reason="pedcc_kernels._C is not built")
+needs_cuda_op = pytest.mark.skipif(not (torch.cuda.is_available() and _ext.has_cuda_kernels()),
+                                   reason="needs a GPU and the extension built with its CUDA kernels")
+
+# (potential, param); lse at t = 0.01 sends cosines above 0.6 into the linear continuation.
+POTENTIALS = [("coulomb", 1.0), ("riesz", 4.0), ("riesz", 0.5), ("lse", 0.2), ("lse", 0.01), ("hinge", 0.1),
+              ("hinge", -0.3)]
+SHAPES = [(1, 5), (2, 3), (37, 7), (130, 33)]
+
+
+def random_points(c, d, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(c, d, dtype=torch.float64, generator=g)
+    return (x / x.norm(dim=1, keepdim=True)).to(dtype)
+
+
+def dense_truth(points, potential, param):
+    """forces, max_cos, energy in float64 from the full C x C Gram matrix."""
+    x = points.double()
+    c = x.shape[0]
+    cos = x @ x.t()
+    if potential == "lse":
+        u = cos / param
+        cap = 60.0
+        phi = torch.where(u > cap, math.exp(cap) * (1 + u - cap), torch.exp(u.clamp_max(cap)))
+        dphi = torch.where(u > cap, torch.full_like(u, math.exp(cap)), torch.exp(u.clamp_max(cap))) / param
+    elif potential == "hinge":
+        phi = (cos - param).clamp_min(0) ** 2
+        dphi = 2 * (cos - param).clamp_min(0)
+    else:
+        s = 1.0 if potential == "coulomb" else param
+        r2 = (2 - 2 * cos).clamp_min(1e-6)
+        phi = r2 ** (-s / 2)
+        dphi = s * r2 ** (-s / 2 - 1)
+    off = ~torch.eye(c, dtype=torch.bool)
+    phi, dphi = phi * off, dphi * off
+    pull = dphi @ x
+    forces = -(pull - (pull * x).sum(1, keepdim=True) * x)
+    masked = cos.masked_fill(~off, -math.inf)
+    return forces, masked.max(1).values, phi.sum(1)
+
+
+def check_against_truth(result, points, potential, param, dtype, what):
+    truth = dense_truth(points, potential, param)
+    same_dtype = nbody_forces_torch(points.to(dtype), potential, param)
+    for name, fast, ref, true in zip(("forces", "max_cos", "energy"), result, same_dtype, truth):
+        assert fast.dtype == dtype and fast.shape == true.shape, name
+        if points.shape[0] == 1 and name == "max_cos":
+            assert fast.item() == -math.inf
+            continue
+        assert_close_to_truth(fast, ref, true, dtype, f"{what} {name} {potential}({param})")
+
+
+@needs_ext
+@pytest.mark.parametrize("potential,param", POTENTIALS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_op_matches_dense_float64(potential, param, shape, dtype):
+    points = random_points(*shape, seed=shape[0] * 31 + shape[1])
+    result = nbody_forces(points.to(dtype), potential, param)
+    check_against_truth(result, points.to(dtype).double(), potential, param, dtype, "cpu op")
+
+
+@pytest.mark.parametrize("potential,param", POTENTIALS)
+@pytest.mark.parametrize("chunk", [1, 16, None])
+def test_torch_twin_matches_dense_float64(potential, param, chunk):
+    points = random_points(53, 9, seed=chunk or 0)
+    result = nbody_forces_torch(points, potential, param, chunk)
+    truth = dense_truth(points, potential, param)
+    for name, fast, true in zip(("forces", "max_cos", "energy"), result, truth):
+        torch.testing.assert_close(fast, true, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@needs_ext
+def test_single_point_and_pair():
+    one = random_points(1, 4)
+    forces, max_cos, energy = nbody_forces(one, "coulomb", 1.0)
+    assert forces.abs().max().item() == 0 and max_cos.item() == -math.inf and energy.item() == 0
+    pair = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]], dtype=torch.float64)
+    forces, max_cos, energy = nbody_forces(pair, "coulomb", 1.0)
+    torch.testing.assert_close(max_cos, torch.tensor([0.6, 0.6], dtype=torch.float64))
+    torch.testing.assert_close(energy, torch.full((2,), 1 / math.sqrt(0.8), dtype=torch.float64))
+    # Tangential: no radial part, and each point is pushed away from the other (dot with it drops).
+    assert (forces * pair).sum(1).abs().max().item() < 1e-12
+    assert (forces * pair.flip(0)).sum(1).max().item() < 0
+
+
+@needs_ext
+def test_nan_in_gives_nan_out():
+    points = random_points(6, 4)
+    points[2, 1] = float("nan")
+    forces, _, energy = nbody_forces(points, "lse", 0.1)
+    assert torch.isnan(energy).all() and torch.isnan(forces).any()
+
+
+@needs_ext
+@pytest.mark.parametrize("bad,exc", [
+    (lambda: nbody_forces([[1.0, 0.0]]), TypeError),
+    (lambda: nbody_forces(torch.ones(3)), ValueError),
+    (lambda: nbody_forces(torch.ones(0, 3)), ValueError),
+    (lambda: nbody_forces(torch.ones(2, 3, dtype=torch.int64)), TypeError),
+    (lambda: nbody_forces(torch.ones(2, 3, dtype=torch.float16)), TypeError),
+    (lambda: nbody_forces(torch.eye(3), "gravity"), ValueError),
+    (lambda: nbody_forces(torch.eye(3), "riesz", 0.0), ValueError),
+    (lambda: nbody_forces(torch.eye(3), "lse", -1.0), ValueError),
+    (lambda: nbody_forces(torch.eye(3), "hinge", 1.5), ValueError),
+    (lambda: nbody_forces(torch.eye(3), "lse", "hot"), TypeError),
+    (lambda: nbody_forces(torch.eye(3), impl="fast"), ValueError),
+    (lambda: nbody_forces_torch(torch.eye(3), chunk=0), ValueError),
+])
+def test_bad_input_is_rejected(bad, exc):
+    with pytest.raises(exc):
+        bad()
+
+
+@needs_ext
+@pytest.mark.parametrize("args,exc", [
+    ((torch.eye(3), "gravity", 1.0), ValueError),
+    ((torch.eye(3), "riesz", -2.0), ValueError),
+    ((torch.eye(3), "coulomb", 1.0, "warp"), ValueError),
+    ((torch.ones(3), "coulomb", 1.0), ValueError),
+    ((torch.eye(3).half(), "coulomb", 1.0), TypeError),
+])
+def test_raw_op_checks_its_arguments(args, exc):
+    with pytest.raises(exc):
+        torch.ops.pedcc.nbody_forces(*args)
+
+
+def test_missing_cuda_kernels_explain_how_to_build(monkeypatch):
+    monkeypatch.setattr(_ext, "has_cuda_kernels", lambda: False)
+    with pytest.raises(RuntimeError, match="TORCH_CUDA_ARCH_LIST"):
+        _ext.require("cuda")
+
+
+# --- GPU: the CUDA kernels against the CPU op ------------------------------------------------------
+# tensor_core rounds both products' operands to tf32 (10-bit mantissa): cosines carry about 1e-3.
+CUDA_TOLERANCE = {"simt": dict(rtol=1e-4, atol=1e-5), "tensor_core": dict(rtol=2e-2, atol=3e-3)}
+
+
+@needs_cuda_op
+@pytest.mark.parametrize("impl", ["simt", "tensor_core", "auto"])
+@pytest.mark.parametrize("shape", [(1, 8), (3, 5), (257, 129), (1000, 512), (300, 1700)])
+@pytest.mark.parametrize("potential,param", [("coulomb", 1.0), ("lse", 0.05), ("hinge", 0.05)])
+def test_cuda_op_matches_cpu_op(impl, shape, potential, param):
+    points = random_points(*shape, seed=7, dtype=torch.float32)
+    cpu = nbody_forces(points, potential, param)
+    gpu = nbody_forces(points.cuda(), potential, param, impl=impl)
+    tol = CUDA_TOLERANCE["tensor_core" if impl == "tensor_core" else "simt"]
+    for name, a, b in zip(("forces", "max_cos", "energy"), gpu, cpu):
+        scale = max(1.0, b[torch.isfinite(b)].abs().max().item()) if torch.isfinite(b).any() else 1.0
+        torch.testing.assert_close(a.cpu() / scale, b / scale, **tol, msg=f"{impl} {name}")
