@@ -216,6 +216,16 @@ def write_json(path, obj):
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
+def write_results(out, stem, table, result):
+    """Write out/stem.md (the table) and out/stem.json (the result), and print the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(table)
+    write_json(out / f"{stem}.json", result)
+    print()
+    print(table)
+
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

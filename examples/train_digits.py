@@ -17,7 +17,7 @@ EXAMPLES = Path(__file__).resolve().parent
 sys.path[:0] = [str(EXAMPLES), str(EXAMPLES.parent)]
 
 from common import (DEFAULT_OUT, DigitsNet, command_line, display_path, evaluate,  # noqa: E402
-                    load_digits_split, make_deterministic, make_head, run_config, train, write_json)
+                    load_digits_split, make_deterministic, make_head, run_config, train, write_results)
 
 # key -> (row label in the table, head kind, n, fine-tune)
 METHODS = {
@@ -131,11 +131,7 @@ def main(argv=None):
     result = {"command": command, "config": config, "rows": rows,
               "elapsed_s": time.perf_counter() - started}
     table = markdown_table(rows, command, config)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "digits_accuracy.md").write_text(table)
-    write_json(args.out / "digits_accuracy.json", result)
-    print()
-    print(table)
+    write_results(args.out, "digits_accuracy", table, result)
     return result
 
 

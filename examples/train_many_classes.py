@@ -28,7 +28,7 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import pedcc_kernels as pk  # noqa: E402
-from common import DEFAULT_OUT, command_line, display_path, run_config, write_json  # noqa: E402
+from common import DEFAULT_OUT, command_line, display_path, run_config, write_json, write_results  # noqa: E402
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 LABELS = {"auto": "fused (auto)", "torch": "fused (torch, chunked)", "triton": "fused (triton)",
@@ -240,11 +240,7 @@ def main(argv=None):
     result = {"command": command, "config": config, "centroid_stats": stats, "rows": rows,
               "elapsed_s": time.perf_counter() - started}
     table = markdown_table(rows, command, config)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "many_classes.md").write_text(table)
-    write_json(args.out / "many_classes.json", result)
-    print()
-    print(table)
+    write_results(args.out, "many_classes", table, result)
     return result
 
 
