@@ -155,6 +155,16 @@ def grad_centroids_sweep_keys(n_rows: int, n_classes: int) -> dict:
 
 
 @triton.jit
+def _sum_pieces(part_ptr, rows, ds, ok, n_classes, dim, n_pieces, BLOCK_R: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    """The (rows, ds) tile of the row pieces' partial dL/dw^, added in piece order (deterministic)."""
+    g = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    for k in range(0, n_pieces):
+        g += tl.load(part_ptr + (k * n_classes + rows)[:, None] * dim + ds[None, :], mask=ok, other=0.0)
+    return g
+
+
+@triton.jit
 def grad_centroids_finish_kernel(part_ptr, w_ptr, w_norm_ptr, dw_ptr, n_classes, dim, n_pieces,
                                  stride_wc, stride_wd, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """dw_j = (G_j - (G_j . w^_j) w^_j) / ||w_j|| (G_j / eps where ||w_j|| <= eps), G_j the sum of
@@ -168,17 +178,13 @@ def grad_centroids_finish_kernel(part_ptr, w_ptr, w_norm_ptr, dw_ptr, n_classes,
     for d0 in range(0, dim, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (ds[None, :] < dim)
-        g = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
-        for k in range(0, n_pieces):
-            g += tl.load(part_ptr + (k * n_classes + rows)[:, None] * dim + ds[None, :], mask=ok, other=0.0)
+        g = _sum_pieces(part_ptr, rows, ds, ok, n_classes, dim, n_pieces, BLOCK_R, BLOCK_D)
         w = tl.load(w_ptr + rows[:, None] * stride_wc + ds[None, :] * stride_wd, mask=ok, other=0.0)
         radial += tl.sum(g * (w.to(tl.float32) * inv_w_norm[:, None]), axis=1)
     for d0 in range(0, dim, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (ds[None, :] < dim)
-        g = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
-        for k in range(0, n_pieces):
-            g += tl.load(part_ptr + (k * n_classes + rows)[:, None] * dim + ds[None, :], mask=ok, other=0.0)
+        g = _sum_pieces(part_ptr, rows, ds, ok, n_classes, dim, n_pieces, BLOCK_R, BLOCK_D)
         w_hat = tl.load(w_ptr + rows[:, None] * stride_wc + ds[None, :] * stride_wd, mask=ok,
                         other=0.0).to(tl.float32) * inv_w_norm[:, None]
         dw = tl.where(above[:, None], g - radial[:, None] * w_hat, g) * inv_w_norm[:, None]
