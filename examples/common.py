@@ -216,6 +216,14 @@ def write_json(path, obj):
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
+def add_run_args(p):
+    """The options every example shares: CPU threads, output folder, progress bars."""
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"output folder (default {display_path(DEFAULT_OUT)})")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
 def write_results(out, stem, table, result):
     """Write out/stem.md (the table) and out/stem.json (the result), and print the table."""
     out = Path(out)

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import pedcc_kernels as pk  # noqa: E402
-from common import (DEFAULT_OUT, DigitsNet, command_line, display_path, evaluate,  # noqa: E402
+from common import (add_run_args, DigitsNet, command_line, evaluate,  # noqa: E402
                     load_digits_split, make_deterministic, make_head, train, write_json)
 
 HEADS = {"ce": "Softmax Loss", "am": "AM-Softmax Loss", "pedcc": "PEDCC-Loss"}
@@ -45,10 +45,7 @@ def parse_args(argv):
     p.add_argument("--centroid-counts", default="4,20",
                    help="class counts of Figure 3, comma-separated (default 4,20)")
     p.add_argument("--seed", type=int, default=0, help="seed of every model and of the centroids (default 0)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"output folder (default {display_path(DEFAULT_OUT)})")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_run_args(p)
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")

@@ -16,7 +16,7 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent
 sys.path[:0] = [str(EXAMPLES), str(EXAMPLES.parent)]
 
-from common import (DEFAULT_OUT, DigitsNet, command_line, display_path, evaluate,  # noqa: E402
+from common import (add_run_args, DigitsNet, command_line, evaluate,  # noqa: E402
                     load_digits_split, make_deterministic, make_head, run_config, train, write_results)
 
 # key -> (row label in the table, head kind, n, fine-tune)
@@ -48,10 +48,7 @@ def parse_args(argv):
                    help="learning rate of the centroids while fine-tuning (default 1e-3)")
     p.add_argument("--test-size", type=float, default=0.5, help="test fraction of the fixed split (default 0.5)")
     p.add_argument("--classes", type=int, default=10, help="use digits 0..CLASSES-1 (default 10)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"output folder (default {display_path(DEFAULT_OUT)})")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_run_args(p)
     args = p.parse_args(argv)
     args.methods = [k.strip() for k in args.methods.split(",") if k.strip()]
     unknown = [k for k in args.methods if k not in METHODS]

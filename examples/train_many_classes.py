@@ -28,7 +28,7 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import pedcc_kernels as pk  # noqa: E402
-from common import DEFAULT_OUT, command_line, display_path, run_config, write_json, write_results  # noqa: E402
+from common import add_run_args, command_line, run_config, write_json, write_results  # noqa: E402
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 LABELS = {"auto": "fused (auto)", "torch": "fused (torch, chunked)", "triton": "fused (triton)",
@@ -55,10 +55,7 @@ def parse_args(argv):
     p.add_argument("--backends", default="auto,reference",
                    help=f"comma-separated, from {', '.join(BACKENDS)} (default auto,reference)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, model and centroids (default 0)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"output folder (default {display_path(DEFAULT_OUT)})")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_run_args(p)
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--centroids-file", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
