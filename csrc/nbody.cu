@@ -40,7 +40,7 @@ static_assert(kSimtRows == kSimtSide * kSimtMicro && kSimtThreads == kSimtSide *
 __device__ __forceinline__ float max_keep_first(float best, float c) { return c > best ? c : best; }
 
 __global__ void __launch_bounds__(kSimtThreads)
-nbody_simt_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, float param,
+nbody_simt_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, float param, float shift,
                   float* __restrict__ forces, float* __restrict__ max_cos, float* __restrict__ energy) {
   // Transposed slices ([k][row]) so that the Gram loop reads a row of shared memory per k; the +1
   // column spreads the transposing stores over the banks.
@@ -89,7 +89,7 @@ nbody_simt_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, f
         float w = 0.f;
         if (gi < C && gj < C && gi != gj) {
           float phi, dphi;
-          pair_potential<float>(kind, param, gram[p][q], &phi, &dphi);
+          pair_potential<float>(kind, param, shift, gram[p][q], &phi, &dphi);
           best[p] = max_keep_first(best[p], gram[p][q]);
           e_sum[p] += phi;
           w = dphi;
@@ -200,7 +200,7 @@ __device__ __forceinline__ void round_to_tf32(Frag& frag) {
 }
 
 __global__ void __launch_bounds__(kTcThreads)
-nbody_tc_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, float param,
+nbody_tc_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, float param, float shift,
                 float* __restrict__ forces, float* __restrict__ max_cos, float* __restrict__ energy) {
 #if PEDCC_TC_ENABLED
   using namespace nvcuda;
@@ -270,7 +270,7 @@ nbody_tc_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, flo
         if (gi < C && gj < C && gi != gj) {
           const float cs = *cell;
           float phi, dphi;
-          pair_potential<float>(kind, param, cs, &phi, &dphi);
+          pair_potential<float>(kind, param, shift, cs, &phi, &dphi);
           best = max_keep_first(best, cs);
           e_sum += phi;
           w = dphi;
@@ -336,14 +336,14 @@ nbody_tc_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, flo
 #endif
 }
 
-int launch_simt(const float* x, int64_t C, int64_t d, int kind, float param, float* forces,
+int launch_simt(const float* x, int64_t C, int64_t d, int kind, float param, float shift, float* forces,
                 float* max_cos, float* energy, cudaStream_t stream) {
   // The kernel accumulates into forces, so it starts from zero.
   cudaError_t err = cudaMemsetAsync(forces, 0, sizeof(float) * size_t(C) * size_t(d), stream);
   if (err != cudaSuccess) return int(err);
   const int64_t blocks = (C + kSimtRows - 1) / kSimtRows;
-  nbody_simt_kernel<<<dim3(unsigned(blocks)), kSimtThreads, 0, stream>>>(x, C, d, kind, param, forces,
-                                                                          max_cos, energy);
+  nbody_simt_kernel<<<dim3(unsigned(blocks)), kSimtThreads, 0, stream>>>(x, C, d, kind, param, shift,
+                                                                          forces, max_cos, energy);
   return int(cudaGetLastError());
 }
 
@@ -360,7 +360,7 @@ bool tc_fits(int64_t d, size_t* bytes) {
 
 }  // namespace
 
-int nbody_forces_cuda(const float* points, int64_t C, int64_t d, int kind, float param, int impl,
+int nbody_forces_cuda(const float* points, int64_t C, int64_t d, int kind, float param, float shift, int impl,
                       float* forces, float* max_cos, float* energy, void* stream_ptr) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   size_t bytes = 0;
@@ -369,13 +369,13 @@ int nbody_forces_cuda(const float* points, int64_t C, int64_t d, int kind, float
                                            int(bytes));
     if (err != cudaSuccess) return int(err);
     const int64_t blocks = (C + kTcRows - 1) / kTcRows;
-    nbody_tc_kernel<<<dim3(unsigned(blocks)), kTcThreads, bytes, stream>>>(points, C, d, kind, param,
+    nbody_tc_kernel<<<dim3(unsigned(blocks)), kTcThreads, bytes, stream>>>(points, C, d, kind, param, shift,
                                                                            forces, max_cos, energy);
     return int(cudaGetLastError());
   }
   // A cudaGetDevice/attribute failure above must not be reported by this launch.
   cudaGetLastError();
-  return launch_simt(points, C, d, kind, param, forces, max_cos, energy, stream);
+  return launch_simt(points, C, d, kind, param, shift, forces, max_cos, energy, stream);
 }
 
 const char* nbody_cuda_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }

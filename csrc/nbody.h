@@ -26,19 +26,24 @@ PEDCC_HD double pd_pow(double b, double e) { return pow(b, e); }
 // Largest exponent of the lse potential before it continues linearly: e^60 ~ 1e26 leaves fp32 room
 // for sums over a billion pairs at any temperature t >= 1e-3.
 constexpr double kLseExponentCap = 60.0;
+constexpr float kLseExponentFloor = -87.0f;
 
 // Pair energy phi(cos) and its derivative phi'(cos) for unit vectors at cosine `c`.
 //   coulomb: phi = 1/r,            r^2 = 2 - 2c          (the authors' charge model)
 //   riesz:   phi = r^(-s),         s = param > 0
-//   lse:     phi = exp(c/t),       t = param > 0; summed and log-ed this is a soft maximum of the
-//            cosines at temperature t. Unshifted, the weights of all cosines above -87 t stay in
-//            fp32's normal range, so the small t that aims at the largest cosine works in fp32.
-//            Above c/t = kLseExponentCap phi continues as its tangent line (C^1, increasing), so
-//            near-coincident points at a small t give a large finite force instead of inf.
+//   lse:     phi = exp((c - shift)/t), t = param > 0; summed and log-ed this is a soft maximum of
+//            the cosines at temperature t. A caller aiming at the largest cosine with a small t
+//            passes shift = that cosine (or last iteration's), so the weights that matter sit near
+//            1 at any t; unshifted, c/t would pass the cap for every cosine above 60 t.
+//            Above (c - shift)/t = kLseExponentCap phi continues as its tangent line (C^1,
+//            increasing), so near-coincident points at a small t give a large finite force instead
+//            of inf. In fp32, exponents below kLseExponentFloor give 0: exp would be subnormal
+//            (slow on x86, and below any weight that counts next to the pairs near the shift).
+//   shift is 0 for every potential but lse (the op checks it).
 //   hinge:   phi = max(0, c - tau)^2, tau = param in [-1, 1]: only pairs above the target cosine
 //            tau push, linearly in their excess, which is the feasibility form of "max cos <= tau".
 template <typename T>
-PEDCC_HD void pair_potential(int kind, T param, T c, T* phi, T* dphi) {
+PEDCC_HD void pair_potential(int kind, T param, T shift, T c, T* phi, T* dphi) {
   if (kind == kHinge) {
     const T excess = c - param;
     const T positive = excess > T(0) || excess != excess ? excess : T(0);  // NaN stays NaN
@@ -47,9 +52,12 @@ PEDCC_HD void pair_potential(int kind, T param, T c, T* phi, T* dphi) {
     return;
   }
   if (kind == kLse) {
-    const T u = c / param;
+    const T u = (c - shift) / param;
     const T cap = T(kLseExponentCap);
-    if (!(u > cap)) {  // NaN takes this branch and stays NaN
+    if (sizeof(T) == sizeof(float) && u < T(kLseExponentFloor)) {
+      *phi = T(0);
+      *dphi = T(0);
+    } else if (!(u > cap)) {  // NaN takes this branch and stays NaN
       const T e = pd_exp(u);
       *phi = e;
       *dphi = e / param;
@@ -69,12 +77,13 @@ PEDCC_HD void pair_potential(int kind, T param, T c, T* phi, T* dphi) {
 }
 
 // CUDA implementation (nbody.cu). points: (C, d) row-major fp32 on the device, rows of unit norm.
-// Writes forces (C, d) = -(I - x_i x_i^T) sum_{j != i} phi'(x_i.x_j) x_j, max_cos (C,), energy (C,).
+// Writes forces (C, d) = -(I - x_i x_i^T) sum_{j != i} phi'(x_i.x_j) x_j, max_cos (C,), energy (C,);
+// kind, param, shift as for pair_potential.
 // impl: 0 = plain tiled fp32 (SIMT), any d; 1 = tensor cores (tf32 operands of both products, fp32
 // accumulation, about 3 significant digits in the cosines), which runs the SIMT kernel instead
 // where it cannot (before sm_80, or d too large for its shared-memory accumulator: d > 1472 on
 // an H100). Asynchronous on `stream` (a cudaStream_t). Returns 0 or a cudaError_t value.
-int nbody_forces_cuda(const float* points, int64_t C, int64_t d, int kind, float param, int impl,
+int nbody_forces_cuda(const float* points, int64_t C, int64_t d, int kind, float param, float shift, int impl,
                       float* forces, float* max_cos, float* energy, void* stream);
 
 // cudaGetErrorString of a value returned by nbody_forces_cuda.

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <string>
 
@@ -26,8 +27,11 @@ extern "C" PyObject* PyInit__C(void) {
 namespace pedcc {
 namespace {
 
-int parse_potential(c10::string_view name, double param) {
+int parse_potential(c10::string_view name, double param, double shift) {
   const std::string p(name);
+  TORCH_CHECK_VALUE(p == "lse" || shift == 0,
+                    "nbody_forces: shift only applies to the 'lse' potential, got shift=", shift, " with '", p, "'");
+  TORCH_CHECK_VALUE(std::isfinite(shift), "nbody_forces: shift must be finite, got ", shift);
   if (p == "coulomb") return kCoulomb;
   if (p == "riesz") {
     TORCH_CHECK_VALUE(param > 0, "nbody_forces: param (the Riesz exponent s) must be > 0, got ", param);
@@ -49,6 +53,8 @@ int parse_potential(c10::string_view name, double param) {
 
 // 'auto' is the SIMT kernel: the tensor-core kernel becomes the default only once a GPU run has
 // matched it against the CPU op and shown it faster (benchmarks/device_check.sh records both).
+// On CPU, 'tensor_core' runs both products with bf16 operands (oneDNN: AVX512-BF16/AMX where the
+// CPU has them, three times the fp32 GEMM rate on the 2-core AMD EPYC this was written on).
 int parse_impl(c10::string_view name) {
   const std::string s(name);
   if (s == "auto" || s == "simt") return 0;
@@ -71,16 +77,30 @@ int64_t rows_per_tile(int64_t C, int64_t elem_size) {
 }
 
 template <typename T>
-void nbody_cpu_impl(const at::Tensor& X, int kind, T param, at::Tensor& forces, at::Tensor& max_cos,
-                    at::Tensor& energy) {
+void nbody_cpu_impl(const at::Tensor& X, int kind, T param, T shift, bool bf16_operands, at::Tensor& forces,
+                    at::Tensor& max_cos, at::Tensor& energy) {
   const int64_t C = X.size(0), d = X.size(1);
   const int64_t tile = rows_per_tile(C, sizeof(T));
-  const at::Tensor Xt = X.t();
+  // The operands of both products; the weights and the tangent projection stay in T.
+  const at::Tensor Xg = bf16_operands ? X.to(at::kBFloat16) : X;
+  // With bf16 operands the Gram product also comes back in bf16, rounded to 2^-9 of its value. For
+  // a shifted lse an extra feature (-shift on the left, 1 on the right) makes the product c - shift
+  // instead: then the rounding is relative to the distance from the shift, small exactly for the
+  // pairs whose weights count (near the largest cosine at a small temperature).
+  at::Tensor left = Xg, right = Xg;
+  T gram_offset = 0;  // what the product lacks of the cosine: c = product + gram_offset
+  if (bf16_operands && kind == kLse && shift != 0) {
+    gram_offset = static_cast<T>(static_cast<float>(c10::BFloat16(static_cast<float>(shift))));
+    left = at::cat({Xg, at::full({C, 1}, -double(gram_offset), Xg.options())}, 1);
+    right = at::cat({Xg, at::ones({C, 1}, Xg.options())}, 1);
+  }
+  const T pair_shift = shift - gram_offset;
+  const at::Tensor right_t = right.t();
   const T* xp = X.data_ptr<T>();
   for (int64_t r0 = 0; r0 < C; r0 += tile) {
     const int64_t rows = std::min(tile, C - r0);
     // Gram tile through BLAS, then overwritten in place by the pair weights phi'(cos).
-    at::Tensor W = at::mm(X.narrow(0, r0, rows), Xt);
+    at::Tensor W = at::mm(left.narrow(0, r0, rows), right_t).to(X.scalar_type());
     T* wp = W.data_ptr<T>();
     T* mp = max_cos.data_ptr<T>() + r0;
     T* ep = energy.data_ptr<T>() + r0;
@@ -98,15 +118,16 @@ void nbody_cpu_impl(const at::Tensor& X, int kind, T param, at::Tensor& forces, 
           const T c = row[j];
           best = c > best ? c : best;
           T phi, dphi;
-          pair_potential<T>(kind, param, c, &phi, &dphi);
+          pair_potential<T>(kind, param, pair_shift, c, &phi, &dphi);
           e_sum += phi;
           row[j] = dphi;
         }
-        mp[i] = best;
+        mp[i] = best + gram_offset;
         ep[i] = e_sum;
       }
     });
-    at::Tensor A = at::mm(W, X);  // rows x d: sum_j phi'(cos_ij) x_j
+    // rows x d: sum_j phi'(cos_ij) x_j
+    at::Tensor A = bf16_operands ? at::mm(W.to(at::kBFloat16), Xg).to(X.scalar_type()) : at::mm(W, X);
     const T* ap = A.data_ptr<T>();
     T* fp = forces.data_ptr<T>() + r0 * d;
     at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
@@ -123,19 +144,20 @@ void nbody_cpu_impl(const at::Tensor& X, int kind, T param, at::Tensor& forces, 
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> nbody_forces_cpu(const at::Tensor& points,
-                                                                 c10::string_view potential,
-                                                                 double param, c10::string_view impl) {
+                                                                 c10::string_view potential, double param,
+                                                                 c10::string_view impl, double shift) {
   check_points(points);
   TORCH_CHECK_TYPE(points.scalar_type() == at::kFloat || points.scalar_type() == at::kDouble,
                    "nbody_forces: points must be float32 or float64 on CPU, got ", points.scalar_type());
-  const int kind = parse_potential(potential, param);
-  parse_impl(impl);
+  const int kind = parse_potential(potential, param, shift);
+  const bool bf16_operands = parse_impl(impl) == 1;
   const at::Tensor X = points.contiguous();
   at::Tensor forces = at::empty_like(X);
   at::Tensor max_cos = at::empty({X.size(0)}, X.options());
   at::Tensor energy = at::empty({X.size(0)}, X.options());
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "nbody_forces_cpu", [&] {
-    nbody_cpu_impl<scalar_t>(X, kind, static_cast<scalar_t>(param), forces, max_cos, energy);
+    nbody_cpu_impl<scalar_t>(X, kind, static_cast<scalar_t>(param), static_cast<scalar_t>(shift), bf16_operands,
+                             forces, max_cos, energy);
   });
   return {forces, max_cos, energy};
 }
@@ -143,11 +165,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nbody_forces_cpu(const at::Tensor
 #ifdef PEDCC_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor, at::Tensor> nbody_forces_cuda_op(const at::Tensor& points,
                                                                     c10::string_view potential,
-                                                                    double param, c10::string_view impl) {
+                                                                    double param, c10::string_view impl,
+                                                                    double shift) {
   check_points(points);
   TORCH_CHECK_TYPE(points.scalar_type() == at::kFloat, "nbody_forces: points must be float32 on CUDA, got ",
                    points.scalar_type());
-  const int kind = parse_potential(potential, param);
+  const int kind = parse_potential(potential, param, shift);
   const int impl_id = parse_impl(impl);
   const c10::cuda::CUDAGuard guard(points.device());
   const at::Tensor X = points.contiguous();
@@ -155,8 +178,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nbody_forces_cuda_op(const at::Te
   at::Tensor max_cos = at::empty({X.size(0)}, X.options());
   at::Tensor energy = at::empty({X.size(0)}, X.options());
   const int err = nbody_forces_cuda(X.data_ptr<float>(), X.size(0), X.size(1), kind,
-                                    static_cast<float>(param), impl_id, forces.data_ptr<float>(),
-                                    max_cos.data_ptr<float>(), energy.data_ptr<float>(),
+                                    static_cast<float>(param), static_cast<float>(shift), impl_id,
+                                    forces.data_ptr<float>(), max_cos.data_ptr<float>(), energy.data_ptr<float>(),
                                     at::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "nbody_forces: CUDA launch failed: ", nbody_cuda_error_string(err));
   return {forces, max_cos, energy};
@@ -167,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nbody_forces_cuda_op(const at::Te
 
 TORCH_LIBRARY(pedcc, m) {
   m.def(
-      "nbody_forces(Tensor points, str potential, float param, str impl='auto') -> "
+      "nbody_forces(Tensor points, str potential, float param, str impl='auto', float shift=0.0) -> "
       "(Tensor forces, Tensor max_cos, Tensor energy)");
 }
 

@@ -12,14 +12,15 @@ from . import _ext
 
 POTENTIALS = ("coulomb", "riesz", "lse", "hinge")
 IMPLS = ("auto", "simt", "tensor_core")
-# Mirrors csrc/nbody.h: r^2 floor of coulomb/riesz, exponent cap of lse.
+# Mirrors csrc/nbody.h: r^2 floor of coulomb/riesz, exponent cap and float32 floor of lse.
 MIN_SQUARED_DISTANCE = 1e-6
 LSE_EXPONENT_CAP = 60.0
+LSE_EXPONENT_FLOOR = -87.0
 # Rows per chunk of nbody_forces_torch: the (rows x C) weight block stays near this many bytes.
 CHUNK_BYTES = 32 << 20
 
 
-def _check_potential(potential, param):
+def _check_potential(potential, param, shift=0.0):
     if potential not in POTENTIALS:
         raise ValueError(f"potential must be one of {POTENTIALS}, got {potential!r}")
     if isinstance(param, bool) or not isinstance(param, (int, float)):
@@ -29,6 +30,12 @@ def _check_potential(potential, param):
         raise ValueError(f"param ({name}) must be > 0, got {param}")
     if potential == "hinge" and not -1.0 <= param <= 1.0:
         raise ValueError(f"param (the target cosine tau) must lie in [-1, 1], got {param}")
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)):
+        raise TypeError(f"shift must be a real number, got {type(shift).__name__}")
+    if not math.isfinite(shift):
+        raise ValueError(f"shift must be finite, got {shift}")
+    if shift != 0 and potential != "lse":
+        raise ValueError(f"shift only applies to the 'lse' potential, got shift={shift} with {potential!r}")
 
 
 def _check_points(points, allowed_dtypes):
@@ -41,18 +48,23 @@ def _check_points(points, allowed_dtypes):
         raise TypeError(f"points must be {names} on {points.device.type}, got {points.dtype}")
 
 
-def nbody_forces(points, potential="coulomb", param=1.0, impl="auto"):
+def nbody_forces(points, potential="coulomb", param=1.0, impl="auto", shift=0.0):
     """Tangential repulsion forces of all pairs, with per-row statistics, in one pass over pairs.
 
     Args:
         points: (C, d) unit rows; float32 or float64 on CPU, float32 on CUDA.
         potential: pair energy phi of the cosine c: 'coulomb' (1/r, r^2 = 2 - 2c, the authors'
-            charge model), 'riesz' (r^-param), 'lse' (exp(c/param), continued linearly above
-            c/param = 60: a soft maximum of the cosines), 'hinge' (max(0, c - param)^2: only pairs
-            above the target cosine param push).
+            charge model), 'riesz' (r^-param), 'lse' (exp((c - shift)/param), continued linearly
+            above an exponent of 60, and 0 below -87 in float32: a soft maximum of the cosines),
+            'hinge' (max(0, c - param)^2: only pairs above the target cosine param push).
         param: the Riesz exponent, the lse temperature or the hinge target (ignored by 'coulomb').
-        impl: CUDA variant: 'auto' (= 'simt', the plain fp32 kernel) or 'tensor_core' (tf32
-            operands, about 3 significant digits). CPU has one implementation and accepts any.
+        impl: 'auto' (= 'simt': float32/float64 products) or 'tensor_core': on CUDA tf32 operands
+            with fp32 accumulation, on CPU bf16 operands (oneDNN, fp32 accumulation); the cosines
+            then carry about 3 significant digits, the weights and the projection stay in the
+            dtype of points.
+        shift: 'lse' only (else it must be 0): subtracted from the cosine in the exponent. Aiming
+            at the largest cosine with a small temperature, pass (an estimate of) that cosine, so
+            the weights that matter stay near 1 instead of overflowing.
 
     Returns:
         forces (C, d) = -(I - x_i x_i^T) sum_{j != i} phi'(x_i.x_j) x_j,
@@ -61,21 +73,23 @@ def nbody_forces(points, potential="coulomb", param=1.0, impl="auto"):
     """
     allowed = (torch.float32,) if getattr(points, "is_cuda", False) else (torch.float32, torch.float64)
     _check_points(points, allowed)
-    _check_potential(potential, param)
+    _check_potential(potential, param, shift)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     ops = _ext.require(points.device.type)
-    return ops.nbody_forces(points, potential, float(param), impl)
+    return ops.nbody_forces(points, potential, float(param), impl, float(shift))
 
 
-def pair_potential_torch(potential, param, cos):
+def pair_potential_torch(potential, param, cos, shift=0.0):
     """phi(cos) and phi'(cos) elementwise, the torch twin of pedcc::pair_potential (csrc/nbody.h).
     cos: float tensor of any shape; returns two tensors of its shape and dtype."""
     if potential == "lse":
-        u = cos / param
+        u = (cos - shift) / param
         capped = u > LSE_EXPONENT_CAP
         top = math.exp(LSE_EXPONENT_CAP)
         e = torch.exp(u.clamp_max(LSE_EXPONENT_CAP))
+        if cos.dtype != torch.float64:
+            e = e.masked_fill(u < LSE_EXPONENT_FLOOR, 0.0)
         phi = torch.where(capped, top * (1.0 + u - LSE_EXPONENT_CAP), e)
         return phi, torch.where(capped, torch.full_like(e, top), e) / param
     if potential == "hinge":
@@ -88,7 +102,7 @@ def pair_potential_torch(potential, param, cos):
 
 
 @torch.no_grad()
-def nbody_forces_torch(points, potential="coulomb", param=1.0, chunk=None):
+def nbody_forces_torch(points, potential="coulomb", param=1.0, chunk=None, shift=0.0):
     """The math of `nbody_forces` as chunked torch matmuls, on any device and float dtype.
 
     Per chunk of rows: Gram block (rows x C) by one matmul, the pair weights phi' in place, the
@@ -96,14 +110,14 @@ def nbody_forces_torch(points, potential="coulomb", param=1.0, chunk=None):
 
     Args:
         points: (C, d) unit rows, float32 or float64 (float16/bfloat16 on CUDA).
-        potential, param: as for `nbody_forces`.
+        potential, param, shift: as for `nbody_forces`.
         chunk: rows per block; default keeps a block near 32 MB.
 
     Returns:
         forces (C, d), max_cos (C,), energy (C,) as `nbody_forces`.
     """
     _check_points(points, (torch.float16, torch.bfloat16, torch.float32, torch.float64))
-    _check_potential(potential, param)
+    _check_potential(potential, param, shift)
     c, d = points.shape
     if chunk is None:
         chunk = max(16, min(4096, CHUNK_BYTES // max(1, c * points.element_size())))
@@ -117,7 +131,7 @@ def nbody_forces_torch(points, potential="coulomb", param=1.0, chunk=None):
         rows = x[r0:r0 + chunk]
         gram = rows @ x.t()
         diag = torch.arange(rows.shape[0], device=x.device)
-        phi, dphi = pair_potential_torch(potential, param, gram)
+        phi, dphi = pair_potential_torch(potential, param, gram, shift)
         phi[diag, diag + r0] = 0
         dphi[diag, diag + r0] = 0
         gram[diag, diag + r0] = -math.inf

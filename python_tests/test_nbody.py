@@ -25,13 +25,13 @@ def random_points(c, d, seed=0, dtype=torch.float64):
     return (x / x.norm(dim=1, keepdim=True)).to(dtype)
 
 
-def dense_truth(points, potential, param):
+def dense_truth(points, potential, param, shift=0.0):
     """forces, max_cos, energy in float64 from the full C x C Gram matrix."""
     x = points.double()
     c = x.shape[0]
     cos = x @ x.t()
     if potential == "lse":
-        u = cos / param
+        u = (cos - shift) / param
         cap = 60.0
         phi = torch.where(u > cap, math.exp(cap) * (1 + u - cap), torch.exp(u.clamp_max(cap)))
         dphi = torch.where(u > cap, torch.full_like(u, math.exp(cap)), torch.exp(u.clamp_max(cap))) / param
@@ -82,6 +82,65 @@ def test_torch_twin_matches_dense_float64(potential, param, chunk):
         torch.testing.assert_close(fast, true, rtol=1e-10, atol=1e-10, msg=name)
 
 
+def largest_cosine(points):
+    cos = points.double() @ points.double().t()
+    return cos.fill_diagonal_(-math.inf).max().item()
+
+
+@needs_ext
+@pytest.mark.parametrize("temperature", [0.002, 0.01])
+@pytest.mark.parametrize("offset", [0.0, -0.03, 0.02])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shifted_lse_matches_dense_float64(temperature, offset, dtype):
+    """The optimiser's form: a temperature far below the cosines with the shift near the largest
+    cosine, above or below it (unshifted, at t = 0.002 every cosine above 0.12 is capped)."""
+    points = random_points(130, 33, seed=5).to(dtype)
+    shift = largest_cosine(points) + offset
+    truth = dense_truth(points.double(), "lse", temperature, shift)
+    twin = nbody_forces_torch(points, "lse", temperature, shift=shift)
+    for result, what in ((nbody_forces(points, "lse", temperature, shift=shift), "cpu op"), (twin, "torch twin")):
+        for name, fast, ref, true in zip(("forces", "max_cos", "energy"), result, twin, truth):
+            assert_close_to_truth(fast, ref, true, dtype, f"{what} {name} shift {offset}")
+    if temperature > 0.005:
+        return
+    # The shift is what makes this work: unshifted, the force is the capped one, far from the truth.
+    capped = nbody_forces(points, "lse", temperature)[0].double()
+    assert (capped / capped.norm() - truth[0] / truth[0].norm()).norm().item() > 0.1
+
+
+# bf16 operands: the Gram product also comes back in bf16 (2^-9 of each cosine), which the steep
+# potentials amplify into the forces (r^-s at r = 0.4, the closest pair at (37, 7)); 3% of their scale
+# up to s = 2 (r^-4 loses 6% there: bf16 operands do not suit steep potentials on close points).
+BF16_OPERANDS_TOLERANCE = 0.03
+
+
+@needs_ext
+@pytest.mark.parametrize("potential,param,offset", [("coulomb", 1.0, None), ("riesz", 2.0, None),
+                                                    ("lse", 0.05, None), ("lse", 0.005, 0.0), ("lse", 0.002, -0.01),
+                                                    ("hinge", 0.05, None)])
+@pytest.mark.parametrize("shape", [(1, 4), (37, 7), (300, 130)])
+def test_cpu_bf16_operands_match_dense_float64(potential, param, offset, shape):
+    """impl='tensor_core' on CPU (bf16 operands) against float64: no further from the truth than the
+    exact math on the bf16-rounded points, plus the tolerance above."""
+    points = random_points(*shape, seed=11, dtype=torch.float32)
+    shift = 0.0 if offset is None or shape[0] == 1 else largest_cosine(points) + offset
+    fast = nbody_forces(points, potential, param, impl="tensor_core", shift=shift)
+    rounded = dense_truth(points.bfloat16().double(), potential, param, shift)
+    truth = dense_truth(points.double(), potential, param, shift)
+    for name, a, ref, true in zip(("forces", "max_cos", "energy"), fast, rounded, truth):
+        assert a.dtype == torch.float32, name
+        if shape[0] == 1:
+            assert a.item() == -math.inf if name == "max_cos" else a.abs().max().item() == 0, name
+            continue
+        scale = true.abs().max().item()
+        err = (a.double() - true).abs()
+        allowed = (ref - true).abs() + BF16_OPERANDS_TOLERANCE * scale
+        assert (err <= allowed).all(), f"{name} {potential}({param}): error {err.max().item():.3e} / {scale:.3e}"
+    if shape[0] > 1:  # and the operands really are bf16: the cosines move in the 4th digit or so
+        exact = nbody_forces(points, potential, param, shift=shift)[1]
+        assert (fast[1] - exact).abs().max().item() > 1e-6
+
+
 @needs_ext
 def test_single_point_and_pair():
     one = random_points(1, 4)
@@ -117,6 +176,9 @@ def test_nan_in_gives_nan_out():
     (lambda: nbody_forces(torch.eye(3), "hinge", 1.5), ValueError),
     (lambda: nbody_forces(torch.eye(3), "lse", "hot"), TypeError),
     (lambda: nbody_forces(torch.eye(3), impl="fast"), ValueError),
+    (lambda: nbody_forces(torch.eye(3), "coulomb", 1.0, shift=0.5), ValueError),
+    (lambda: nbody_forces(torch.eye(3), "lse", 0.1, shift=math.inf), ValueError),
+    (lambda: nbody_forces(torch.eye(3), "lse", 0.1, shift="max"), TypeError),
     (lambda: nbody_forces_torch(torch.eye(3), chunk=0), ValueError),
 ])
 def test_bad_input_is_rejected(bad, exc):
@@ -131,6 +193,8 @@ def test_bad_input_is_rejected(bad, exc):
     ((torch.eye(3), "coulomb", 1.0, "warp"), ValueError),
     ((torch.ones(3), "coulomb", 1.0), ValueError),
     ((torch.eye(3).half(), "coulomb", 1.0), TypeError),
+    ((torch.eye(3), "hinge", 0.1, "auto", 0.5), ValueError),
+    ((torch.eye(3), "lse", 0.1, "auto", math.nan), ValueError),
 ])
 def test_raw_op_checks_its_arguments(args, exc):
     with pytest.raises(exc):
@@ -160,3 +224,15 @@ def test_cuda_op_matches_cpu_op(impl, shape, potential, param):
     for name, a, b in zip(("forces", "max_cos", "energy"), gpu, cpu):
         scale = max(1.0, b[torch.isfinite(b)].abs().max().item()) if torch.isfinite(b).any() else 1.0
         torch.testing.assert_close(a.cpu() / scale, b / scale, **tol, msg=f"{impl} {name}")
+
+
+@needs_cuda_op
+@pytest.mark.parametrize("impl", ["simt", "tensor_core"])
+def test_cuda_shifted_lse_matches_cpu_op(impl):
+    points = random_points(1000, 512, seed=3, dtype=torch.float32)
+    shift = largest_cosine(points)
+    cpu = nbody_forces(points, "lse", 0.002, shift=shift)
+    gpu = nbody_forces(points.cuda(), "lse", 0.002, impl=impl, shift=shift)
+    for name, a, b in zip(("forces", "max_cos", "energy"), gpu, cpu):
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.cpu() / scale, b / scale, **CUDA_TOLERANCE[impl], msg=f"{impl} {name}")
