@@ -6,13 +6,14 @@
                                                         # quality at (100000, 512)
     python benchmarks/bench_centroids.py --dry-run      # tiny shapes on the CPU, seconds
 
-Forces (section "force"): the compiled op pk.nbody_forces ('op' on a CPU; 'simt' and 'tensor_core' on
-a GPU) against pedcc_kernels.nbody.nbody_forces_torch, the same math as chunked torch matmuls (cuBLAS
+Forces (section "force"): the compiled op pk.nbody_forces ('op' and 'op_bf16', its bf16-operand
+impl='tensor_core', on a CPU; 'simt' and 'tensor_core' on a GPU) against pedcc_kernels.nbody.nbody_forces_torch, the same math as chunked torch matmuls (cuBLAS
 on a GPU), which is the baseline of the ratios. Points are random unit vectors in float32.
 
 Quality (section "quality"): max cosine, min distance and wall time of random unit vectors,
 method="pedcc" (the authors' charge model, iterations capped: see PEDCC_ITERS) and
-method="repulsion" (stops on its own criterion), against the bound of centroid_stats.
+method="repulsion" (stops on its own criterion or at --repulsion-time-limit), against the bound of
+centroid_stats.
 """
 import argparse
 import os
@@ -23,7 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import Prepared, Run, Section, Unavailable, add_common_args, resolve_common  # noqa: E402
 
-FORCE_IMPLS = {"cpu": ("op", "torch"), "cuda": ("simt", "tensor_core", "torch")}
+FORCE_IMPLS = {"cpu": ("op", "op_bf16", "torch"), "cuda": ("simt", "tensor_core", "torch")}
+# Bench names of the op's impl argument ('op_bf16': the CPU's 'tensor_core', bf16 operands).
+OP_IMPL = {"op": "auto", "op_bf16": "tensor_core"}
 # repulsion before pedcc: if a step's time limit cuts the run short, the method with targets is measured
 QUALITY_METHODS = ("random", "repulsion", "pedcc")
 # The authors' generator runs a fixed 200 iterations; where one iteration costs seconds (C=10000 on
@@ -66,7 +69,9 @@ def quality_cases(args, device):
                 cap = args.repulsion_iters or (10 if args.dry_run else None)
             else:
                 cap = None
-            cases.append(dict(method=method, C=c, d=d, device=device, seed=args.seed, max_iters=cap))
+            limit = args.repulsion_time_limit if method == "repulsion" else None
+            cases.append(dict(method=method, C=c, d=d, device=device, seed=args.seed, max_iters=cap,
+                              time_limit=limit))
     return cases
 
 
@@ -122,7 +127,7 @@ def make_case(p):
         def evaluate():
             return nbody.nbody_forces_torch(points, p["potential"], p["param"], p["chunk"])
     else:
-        impl = "auto" if p["impl"] == "op" else p["impl"]
+        impl = OP_IMPL.get(p["impl"], p["impl"])
 
         def evaluate():
             return pk.nbody_forces(points, p["potential"], p["param"], impl=impl)
@@ -157,7 +162,7 @@ def generate(p):
         points = unit_rows(p["C"], p["d"], p["seed"], p["device"])
     else:
         points = pk.generate_centroids(p["C"], p["d"], method=p["method"], seed=p["seed"], device=p["device"],
-                                       max_iters=p["max_iters"])
+                                       max_iters=p["max_iters"], time_limit=p.get("time_limit"))
     sync()
     return points, time.perf_counter() - start
 
@@ -181,6 +186,8 @@ def main(argv=None):
     parser.add_argument("--quality", nargs="+", metavar="C:d", help="override the quality shapes")
     parser.add_argument("--pedcc-iters", type=int, default=None, help="iteration cap of method='pedcc'")
     parser.add_argument("--repulsion-iters", type=int, default=None, help="iteration cap of method='repulsion'")
+    parser.add_argument("--repulsion-time-limit", type=float, default=None,
+                        help="seconds after which method='repulsion' returns its best so far")
     parser.add_argument("--skip", choices=("force", "quality"), action="append", default=[])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ from .sphere_repulsion import charge_model, repulsion
 from .spherical_bounds import max_cos_lower_bound
 
 METHODS = ("auto", "simplex", "orthoplex", "repulsion", "pedcc", "random")
-ITERATIVE_MAX_ITERS = {"repulsion": 2000, "pedcc": 200}
+ITERATIVE_MAX_ITERS = {"repulsion": 3000, "pedcc": 200}
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Rows per block of the chunked statistics: the (rows x C) Gram block stays near this many bytes.
 STATS_BLOCK_BYTES = 64 << 20
@@ -70,7 +70,7 @@ def resolve_method(method, num_classes, dim):
 
 
 def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, dtype=torch.float32,
-                       max_iters=None, progress=False):
+                       max_iters=None, time_limit=None, progress=False):
     """C unit vectors in R^d spread as evenly as possible (largest pairwise cosine small).
 
     Args:
@@ -83,8 +83,10 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
             iterative methods amplify rounding differences between BLAS builds).
         device: where the iterative methods run and the result lives (default CPU).
         dtype: of the result (the optimisers keep float32 positions).
-        max_iters: cap on force evaluations of the iterative methods (default 2000 for
+        max_iters: cap on force evaluations of the iterative methods (default 3000 for
             'repulsion', 200 for 'pedcc' as in the authors' code).
+        time_limit: seconds after which 'repulsion' returns its best point set so far (None: run
+            until it converges or reaches max_iters).
         progress: show a progress bar (iteration, largest cosine, time) for the iterative methods.
 
     Returns:
@@ -99,6 +101,9 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     if max_iters is not None:
         _check_int("max_iters", max_iters, 1)
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
+                                   or not time_limit >= 0):
+        raise ValueError(f"time_limit must be a number of seconds >= 0 or None, got {time_limit!r}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device} was asked for but torch sees no CUDA device")
@@ -111,9 +116,12 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
     else:
         points = random_centroids(num_classes, dim, generator)
         if method in ITERATIVE_MAX_ITERS:
-            optimiser = repulsion if method == "repulsion" else charge_model
             iters = max_iters if max_iters is not None else ITERATIVE_MAX_ITERS[method]
-            points = optimiser(points.to(device), max_iters=iters, progress=progress).points
+            if method == "repulsion":
+                result = repulsion(points.to(device), max_iters=iters, time_limit=time_limit, progress=progress)
+            else:
+                result = charge_model(points.to(device), max_iters=iters, progress=progress)
+            points = result.points
     points = points.to(device)
     return normalize_rows(points.to(torch.promote_types(points.dtype, dtype))).to(dtype)
 

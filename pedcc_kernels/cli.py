@@ -27,7 +27,9 @@ def centroids_parser():
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     parser.add_argument("--max-iters", type=int, default=None,
-                        help="cap on iterations of repulsion (default 2000) and pedcc (default 200)")
+                        help="cap on iterations of repulsion (default 3000) and pedcc (default 200)")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="seconds after which repulsion returns its best so far (default: until it converges)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -47,7 +49,8 @@ def centroids_main(argv=None):
     try:
         check_path(args.output)
         points = generate_centroids(args.classes, args.dim, method=args.method, seed=args.seed, device=device,
-                                    max_iters=args.max_iters, progress=not args.no_progress)
+                                    max_iters=args.max_iters, time_limit=args.time_limit,
+                                    progress=not args.no_progress)
         seconds = time.perf_counter() - start
         stats = centroid_stats(points)
         save_centroids(args.output, points, method=method, seed=args.seed, seconds=round(seconds, 3),

@@ -4,6 +4,7 @@
 `nbody_forces_torch` is the same math as chunked torch matmuls, used where the extension is missing,
 as the cross-check of the tests and as the cuBLAS baseline of the GPU benchmark.
 """
+import functools
 import math
 
 import torch
@@ -143,11 +144,12 @@ def nbody_forces_torch(points, potential="coulomb", param=1.0, chunk=None, shift
     return forces, max_cos, energy
 
 
-def force_engine(device, prefer_compiled=True):
-    """The force function the optimisers call on `device`: the compiled op when it is built for
-    that device type, else `nbody_forces_torch`. Returns (callable, name)."""
+def force_engine(device, prefer_compiled=True, impl="auto"):
+    """The force function the optimisers call on `device`: the compiled op (with `impl`) when it is
+    built for that device type, else `nbody_forces_torch`. Returns (callable, name); the callable
+    takes (points, potential, param, shift=0.0)."""
     device = torch.device(device)
     if prefer_compiled and _ext.available() and (device.type == "cpu" or
                                                  (device.type == "cuda" and _ext.has_cuda_kernels())):
-        return nbody_forces, "op"
+        return (nbody_forces, "op") if impl == "auto" else (functools.partial(nbody_forces, impl=impl), "op")
     return nbody_forces_torch, "torch"

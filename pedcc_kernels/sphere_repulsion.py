@@ -1,10 +1,11 @@
 """Iterative centroid generators on the sphere (DESIGN §3), both driven by the N-body force op.
 
-`repulsion`: projected heavy-ball steps on the hinge potential max(0, cos - tau)^2, whose target tau
-follows the largest cosine down (a tenth of the way from it to the Levenshtein bound), so only the
-pairs that set the maximum push. Stops when the largest cosine stops improving. (The op's 'lse'
-potential with an annealed temperature works too, but spreads its force over the many pairs near
-the bulk of the cosines and needed more iterations for the same maximum while this was tuned.)
+`repulsion`: projected heavy-ball steps on the log-sum-exp of all pairwise cosines, a soft maximum
+whose sharpness beta (inverse temperature) rises each time the largest cosine stops improving, so
+the early iterations reshape the whole cosine distribution and the late ones press only the pairs at
+the maximum. Stops when the largest cosine has not improved at the sharpest setting. (This replaced
+a hinge potential whose target followed the maximum: at (10000, 512) on the 2-core CPU it reached a
+largest cosine of 0.061, against 0.052 for this schedule in the same time.)
 
 `charge_model`: the authors' generator (inverse-square forces between unit charges, tangential part,
 velocity update, renormalisation), vectorised through the op, with the step scaled by 1/(C-1).
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 import torch
 
 from .nbody import force_engine
-from .spherical_bounds import max_cos_lower_bound
 
 
 @dataclass
@@ -79,81 +79,103 @@ def _tangent_step(x, direction, lr):
 
 
 @torch.no_grad()
-def repulsion(points, *, max_iters=2000, lr=0.5, momentum=0.8, target_fraction=0.1, patience=8,
-              min_lr_fraction=1 / 32, progress=False, engine=None):
-    """Lower the largest pairwise cosine of `points` by projected heavy-ball steps.
+def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 90.0), growth=1.1, window=5,
+              patience=40, time_limit=None, impl="auto", progress=False, engine=None):
+    """Lower the largest pairwise cosine of `points` by projected heavy-ball steps on a soft maximum.
 
-    Each iteration evaluates the hinge forces at tau = m - target_fraction * (m - bound) (m: current
-    largest cosine, bound: `max_cos_lower_bound`), so a pair pushes in proportion to how far it
-    sits above a target just under the maximum. The force on a point sums only its pairs above tau,
-    not all C - 1 (whose Coulomb sum grows with C and breaks the authors' fixed step), so the step
-    is an angle whose scale does not grow with C; it adapts instead. When the best largest
-    cosine has not improved by 0.1% of its distance to the bound for `patience` iterations, the
-    step halves and the walk restarts from the best point set; it stops once the step is below
-    min_lr_fraction * lr, or after max_iters force evaluations.
+    Each iteration takes the op's lse forces at temperature 1/beta, shifted by the last largest
+    cosine (weights exp(beta (c - max)) <= ~1: only the pairs near the maximum push). beta starts at
+    sharpness[0] * sqrt(d) and grows by `growth` whenever the best largest cosine has not improved for
+    `window` iterations, up to sharpness[1] * sqrt(d) (the cosines of a well spread set scale as
+    1/sqrt(d), so these are per-dimension constants). The forces are divided by their RMS over the
+    points and the step is lr / beta radians per unit force: the move is an angle on the scale of the
+    temperature, independent of C (the force sums grow with C; normalising removes that).
+
+    Stops at max_iters force evaluations, after time_limit seconds, or when at the largest beta the
+    best largest cosine has not improved for `patience` iterations ("converged").
 
     Args:
         points: (C, d) float tensor, the start (rows are normalised; any device the engine serves).
         max_iters: cap on force evaluations.
-        lr, momentum: step and heavy-ball coefficient of the velocity (tangent vectors).
-        target_fraction: how far below the maximum the hinge target sits, as a fraction of the gap
-            between the maximum and the bound.
-        patience, min_lr_fraction: the stopping rule above.
+        lr, momentum: step (radians per unit RMS force, times the temperature) and heavy-ball
+            coefficient of the velocity (tangent vectors, an exponential average of the forces).
+        sharpness: (first, last) beta / sqrt(d).
+        growth, window: beta *= growth after `window` iterations without a new best.
+        patience: iterations without a new best at the last beta before stopping.
+        time_limit: seconds, or None.
+        impl: the op's implementation: 'auto' picks 'tensor_core' on CPU (bf16 operands: 2.2x the
+            fp32 rate at (10000, 512) on the 2-core CPU this was tuned on) and 'simt' on CUDA (the
+            tensor-core kernel waits for a GPU validation).
         progress: show a progress bar (iteration, largest cosine, time).
-        engine: force function (points, potential, param) -> (forces, max_cos, energy); default
-            the compiled op for the device, else the chunked torch version.
+        engine: force function (points, potential, param, shift=...) -> (forces, max_cos, energy);
+            default the compiled op for the device with `impl`, else the chunked torch version.
 
     Returns:
-        OptimiserResult with the best point set seen (float32, on the device of `points`).
+        OptimiserResult with the best point set seen (float32, on the device of `points`); history
+        holds the largest cosine of every evaluated iterate (to the op's precision: about 1e-4 with
+        bf16 operands; measure the result with `centroid_stats`).
     """
     x = _as_master(points)
     c, d = x.shape
-    engine = engine or force_engine(x.device)[0]
-    bound = max_cos_lower_bound(c, d)
+    if not (len(sharpness) == 2 and 0 < sharpness[0] <= sharpness[1]):
+        raise ValueError(f"sharpness must be (first, last) with 0 < first <= last, got {sharpness}")
+    if not growth > 1 or window < 1 or patience < 1:
+        raise ValueError(f"need growth > 1, window >= 1, patience >= 1, got {growth}, {window}, {patience}")
+    if engine is None:
+        engine = force_engine(x.device, impl=_resolve_impl(impl, x.device))[0]
+    beta = sharpness[0] * math.sqrt(d)
+    beta_last = sharpness[1] * math.sqrt(d)
     velocity = torch.zeros_like(x)
     best_points = x.clone()
     best = math.inf
     history = []
-    stall = 0
-    step = lr
+    since_best = 0
+    shift = 1.0  # the largest cosine there can be, until the first evaluation says
     reason = "max_iters"
     bar = Progress(progress, max_iters, "repulsion")
     start = time.perf_counter()
     iteration = 0
-    tau = 1.0
     for iteration in range(1, max_iters + 1):
-        forces, row_max, _ = engine(x, "hinge", tau)
+        forces, row_max, _ = engine(x, "lse", 1.0 / beta, shift=shift)
         current = float(row_max.max())
         history.append(current)
         if not math.isfinite(current):
-            reason = "non-finite cosine"
+            reason = "non-finite cosine" if c > 1 else "a single point"
             break
-        if current < best - 1e-3 * max(best - bound, 1e-9) or not math.isfinite(best):
+        if current < best:
             best = current
             best_points.copy_(x)
-            stall = 0
+            since_best = 0
         else:
-            stall += 1
+            since_best += 1
         bar.update(iteration, current, best)
-        if best - bound <= 1e-7:
-            reason = "reached the bound"
+        if since_best >= window and beta < beta_last:
+            beta = min(beta_last, beta * growth)
+            since_best = 0
+        elif since_best >= patience:
+            reason = "converged"
             break
-        if stall >= patience:
-            step *= 0.5
-            stall = 0
-            if step < min_lr_fraction * lr:
-                reason = "converged"
-                break
-            x.copy_(best_points)
-            velocity.zero_()
-            current = best
-        elif tau < 1.0:
-            velocity.mul_(momentum).add_(forces)
-            _tangent_step(x, velocity, step)
-            velocity.sub_((velocity * x).sum(dim=1, keepdim=True) * x)
-        tau = max(-1.0, min(1.0, current - target_fraction * (current - bound)))
+        if time_limit is not None and time.perf_counter() - start >= time_limit:
+            reason = "time limit"
+            break
+        shift = current
+        rms = forces.pow(2).sum(dim=1).mean().sqrt()
+        velocity.mul_(momentum).add_(forces / rms.clamp_min(1e-30), alpha=1.0 - momentum)
+        _tangent_step(x, velocity, lr / beta)
+        velocity.sub_((velocity * x).sum(dim=1, keepdim=True) * x)
+        # Points no pair pushes any more keep a velocity that decays by `momentum` per step; zeroing
+        # it before it reaches float32's subnormals keeps those steps off x86's slow subnormal path.
+        velocity.masked_fill_(velocity.abs() < 1e-30, 0.0)
     bar.close()
     return OptimiserResult(best_points, history, iteration, time.perf_counter() - start, reason)
+
+
+def _resolve_impl(impl, device):
+    if impl not in ("auto", "simt", "tensor_core"):
+        raise ValueError(f"impl must be 'auto', 'simt' or 'tensor_core', got {impl!r}")
+    if impl == "auto":
+        return "tensor_core" if torch.device(device).type == "cpu" else "simt"
+    return impl
 
 
 @torch.no_grad()
