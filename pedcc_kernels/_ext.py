@@ -36,6 +36,6 @@ def require(device_type: str = "cpu"):
 
 if available():
     @torch.library.register_fake("pedcc::nbody_forces")
-    def _nbody_forces_fake(points, potential, param, impl="auto"):
+    def _nbody_forces_fake(points, potential, param, impl="auto", shift=0.0):
         c = points.shape[0]
         return torch.empty_like(points), points.new_empty((c,)), points.new_empty((c,))

@@ -201,6 +201,16 @@ def test_raw_op_checks_its_arguments(args, exc):
         torch.ops.pedcc.nbody_forces(*args)
 
 
+@needs_ext
+@pytest.mark.parametrize("args", [("coulomb", 1.0, "auto", 0.0), ("lse", 0.01, "tensor_core", 0.3),
+                                  ("hinge", 0.1, "simt", 0.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_op_registration_passes_opcheck(args, dtype):
+    """Schema, fake (meta) implementation and dispatch agree, so the op traces under torch.compile."""
+    points = random_points(20, 6, seed=1, dtype=dtype)
+    torch.library.opcheck(torch.ops.pedcc.nbody_forces.default, (points, *args))
+
+
 def test_missing_cuda_kernels_explain_how_to_build(monkeypatch):
     monkeypatch.setattr(_ext, "has_cuda_kernels", lambda: False)
     with pytest.raises(RuntimeError, match="TORCH_CUDA_ARCH_LIST"):
