@@ -7,8 +7,9 @@
     python benchmarks/bench_centroids.py --dry-run      # tiny shapes on the CPU, seconds
 
 Forces (section "force"): the compiled op pk.nbody_forces ('op' and 'op_bf16', its bf16-operand
-impl='tensor_core', on a CPU; 'simt' and 'tensor_core' on a GPU) against pedcc_kernels.nbody.nbody_forces_torch, the same math as chunked torch matmuls (cuBLAS
-on a GPU), which is the baseline of the ratios. Points are random unit vectors in float32.
+impl='tensor_core', on a CPU; 'simt' and 'tensor_core' on a GPU) against
+pedcc_kernels.nbody.nbody_forces_torch, the same math as chunked torch matmuls (cuBLAS on a GPU),
+which is the baseline of the ratios. Points are random unit vectors in float32.
 
 Quality (section "quality"): max cosine, min distance and wall time of random unit vectors,
 method="pedcc" (the authors' charge model, iterations capped: see PEDCC_ITERS) and
