@@ -54,7 +54,7 @@ int parse_potential(c10::string_view name, double param, double shift) {
 // 'auto' is the SIMT kernel: the tensor-core kernel becomes the default only once a GPU run has
 // matched it against the CPU op and shown it faster (benchmarks/device_check.sh records both).
 // On CPU, 'tensor_core' runs both products with bf16 operands (oneDNN: AVX512-BF16/AMX where the
-// CPU has them, three times the fp32 GEMM rate on the 2-core AMD EPYC this was written on).
+// CPU has them; benchmarks/results has the op at 1.7x its fp32 rate on a 2-core AMD EPYC).
 int parse_impl(c10::string_view name) {
   const std::string s(name);
   if (s == "auto" || s == "simt") return 0;

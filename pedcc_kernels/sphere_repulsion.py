@@ -103,9 +103,9 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 9
         growth, window: beta *= growth after `window` iterations without a new best.
         patience: iterations without a new best at the last beta before stopping.
         time_limit: seconds, or None.
-        impl: the op's implementation: 'auto' picks 'tensor_core' on CPU (bf16 operands: 2.2x the
-            fp32 rate at (10000, 512) on the 2-core CPU this was tuned on) and 'simt' on CUDA (the
-            tensor-core kernel waits for a GPU validation).
+        impl: the op's implementation: 'auto' picks 'tensor_core' on CPU (bf16 operands: 1.7x the
+            fp32 op's rate at C=5000, d=512 on the 2-core CPU this was tuned on, see
+            benchmarks/results) and 'simt' on CUDA (the tensor-core kernel waits for a GPU validation).
         progress: show a progress bar (iteration, largest cosine, time).
         engine: force function (points, potential, param, shift=...) -> (forces, max_cos, energy);
             default the compiled op for the device with `impl`, else the chunked torch version.
