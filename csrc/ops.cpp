@@ -76,6 +76,36 @@ int64_t rows_per_tile(int64_t C, int64_t elem_size) {
   return std::max<int64_t>(16, std::min<int64_t>(1024, budget / std::max<int64_t>(1, C * elem_size)));
 }
 
+// Overwrites a (rows x C) Gram tile, kept as S (T, or bf16 with bf16 operands: no conversion pass
+// either way), by the pair weights phi'(c), 0 on the diagonal, and writes each row's largest cosine
+// and energy. The tile holds c - gram_offset.
+template <typename T, typename S>
+void weigh_gram_tile(S* wp, int64_t rows, int64_t C, int64_t r0, int kind, T param, T pair_shift, T gram_offset,
+                     T* mp, T* ep) {
+  at::parallel_for(0, rows, 8, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      S* row = wp + i * C;
+      T best = -std::numeric_limits<T>::infinity();
+      T e_sum = 0;
+      const int64_t self = r0 + i;
+      for (int64_t j = 0; j < C; ++j) {
+        if (j == self) {
+          row[j] = S(0);
+          continue;
+        }
+        const T c = static_cast<T>(row[j]);
+        best = c > best ? c : best;
+        T phi, dphi;
+        pair_potential<T>(kind, param, pair_shift, c, &phi, &dphi);
+        e_sum += phi;
+        row[j] = static_cast<S>(dphi);
+      }
+      mp[i] = best + gram_offset;
+      ep[i] = e_sum;
+    }
+  });
+}
+
 template <typename T>
 void nbody_cpu_impl(const at::Tensor& X, int kind, T param, T shift, bool bf16_operands, at::Tensor& forces,
                     at::Tensor& max_cos, at::Tensor& energy) {
@@ -100,34 +130,16 @@ void nbody_cpu_impl(const at::Tensor& X, int kind, T param, T shift, bool bf16_o
   for (int64_t r0 = 0; r0 < C; r0 += tile) {
     const int64_t rows = std::min(tile, C - r0);
     // Gram tile through BLAS, then overwritten in place by the pair weights phi'(cos).
-    at::Tensor W = at::mm(left.narrow(0, r0, rows), right_t).to(X.scalar_type());
-    T* wp = W.data_ptr<T>();
+    at::Tensor W = at::mm(left.narrow(0, r0, rows), right_t);
     T* mp = max_cos.data_ptr<T>() + r0;
     T* ep = energy.data_ptr<T>() + r0;
-    at::parallel_for(0, rows, 8, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        T* row = wp + i * C;
-        T best = -std::numeric_limits<T>::infinity();
-        T e_sum = 0;
-        const int64_t self = r0 + i;
-        for (int64_t j = 0; j < C; ++j) {
-          if (j == self) {
-            row[j] = 0;
-            continue;
-          }
-          const T c = row[j];
-          best = c > best ? c : best;
-          T phi, dphi;
-          pair_potential<T>(kind, param, pair_shift, c, &phi, &dphi);
-          e_sum += phi;
-          row[j] = dphi;
-        }
-        mp[i] = best + gram_offset;
-        ep[i] = e_sum;
-      }
-    });
+    if (bf16_operands) {
+      weigh_gram_tile<T>(W.data_ptr<at::BFloat16>(), rows, C, r0, kind, param, pair_shift, gram_offset, mp, ep);
+    } else {
+      weigh_gram_tile<T>(W.data_ptr<T>(), rows, C, r0, kind, param, pair_shift, gram_offset, mp, ep);
+    }
     // rows x d: sum_j phi'(cos_ij) x_j
-    at::Tensor A = bf16_operands ? at::mm(W.to(at::kBFloat16), Xg).to(X.scalar_type()) : at::mm(W, X);
+    at::Tensor A = at::mm(W, Xg).to(X.scalar_type());
     const T* ap = A.data_ptr<T>();
     T* fp = forces.data_ptr<T>() + r0 * d;
     at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
