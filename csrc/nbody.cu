@@ -199,6 +199,25 @@ __device__ __forceinline__ void round_to_tf32(Frag& frag) {
 #endif
 }
 
+// acc[h] += A_h B for h = 0, 1: A_h the 16 x 8 row-major tile at a + h * 16 * lda, B the 8 x 16 tile at
+// b in layout BLayout, all rounded to tf32 as loaded. The two row tiles share one load of B.
+template <typename BLayout, typename Acc>
+__device__ __forceinline__ void mma_two_row_tiles(Acc (&acc)[2], const float* a, int lda, const float* b, int ldb) {
+#if PEDCC_TC_ENABLED
+  using namespace nvcuda;
+  wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFragK, wmma::precision::tf32, BLayout> b_frag;
+  wmma::load_matrix_sync(b_frag, b, ldb);
+  round_to_tf32(b_frag);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFragK, wmma::precision::tf32, wmma::row_major> a_frag;
+    wmma::load_matrix_sync(a_frag, a + h * kFrag * lda, lda);
+    round_to_tf32(a_frag);
+    wmma::mma_sync(acc[h], a_frag, b_frag, acc[h]);
+  }
+#endif
+}
+
 __global__ void __launch_bounds__(kTcThreads)
 nbody_tc_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, float param, float shift,
                 float* __restrict__ forces, float* __restrict__ max_cos, float* __restrict__ energy) {
@@ -241,16 +260,8 @@ nbody_tc_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, flo
 #pragma unroll
       for (int kk = 0; kk < kTcDepth; kk += kFragK) {
         // B = X_cols^T: column n of B is row n of cols_s, i.e. cols_s read column-major.
-        wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFragK, wmma::precision::tf32, wmma::col_major> b;
-        wmma::load_matrix_sync(b, cols_s + warp * kFrag * kTcLdDepth + kk, kTcLdDepth);
-        round_to_tf32(b);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFragK, wmma::precision::tf32, wmma::row_major> a;
-          wmma::load_matrix_sync(a, rows_s + h * kFrag * kTcLdDepth + kk, kTcLdDepth);
-          round_to_tf32(a);
-          wmma::mma_sync(gram[h], a, b, gram[h]);
-        }
+        mma_two_row_tiles<wmma::col_major>(gram, rows_s + kk, kTcLdDepth, cols_s + warp * kFrag * kTcLdDepth + kk,
+                                           kTcLdDepth);
       }
       __syncthreads();
     }
@@ -295,16 +306,8 @@ nbody_tc_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, flo
         wmma::load_matrix_sync(acc[h], acc_tile + h * kFrag * ld_acc, ld_acc, wmma::mem_row_major);
 #pragma unroll 2
       for (int jj = 0; jj < kTcCols; jj += kFragK) {
-        wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFragK, wmma::precision::tf32, wmma::row_major> b;
-        wmma::load_matrix_sync(b, feat_s + jj * kTcLdFeatures + warp * kFrag, kTcLdFeatures);
-        round_to_tf32(b);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFragK, wmma::precision::tf32, wmma::row_major> a;
-          wmma::load_matrix_sync(a, weight_s + h * kFrag * kTcLdCols + jj, kTcLdCols);
-          round_to_tf32(a);
-          wmma::mma_sync(acc[h], a, b, acc[h]);
-        }
+        mma_two_row_tiles<wmma::row_major>(acc, weight_s + jj, kTcLdCols, feat_s + jj * kTcLdFeatures + warp * kFrag,
+                                           kTcLdFeatures);
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h)
