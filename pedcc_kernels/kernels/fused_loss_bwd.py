@@ -16,6 +16,7 @@ import triton.language as tl
 
 from .fused_loss_config import size_key, sweep_configs
 from .fused_loss_fwd import LOG2E, NORM_EPS
+from .tile_dot import sliced_dot_t
 
 
 @triton.jit
@@ -110,18 +111,8 @@ def _grad_centroids_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, lse_
                 x = x.to(tl.float32)
             dots = tl.dot(w, tl.trans(x), input_precision=PRECISION)
         else:
-            dots = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            for k0 in range(0, dim, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                k_ok = ks < dim
-                wk = tl.load(w_base + m_local[:, None] * stride_wc + ks[None, :] * stride_wd,
-                             mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-                xk = tl.load(x_base + n_local[:, None] * stride_xr + ks[None, :] * stride_xd,
-                             mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                if UPCAST:
-                    wk = wk.to(tl.float32)
-                    xk = xk.to(tl.float32)
-                dots = tl.dot(wk, tl.trans(xk), dots, input_precision=PRECISION)
+            dots = sliced_dot_t(w_base, m_local, col_ok, stride_wc, stride_wd, x_base, n_local, row_ok, stride_xr,
+                                stride_xd, dim, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
         cos = dots * inv_w_norm[:, None] * inv_x_norm[None, :]
         is_target = cols[:, None] == labels[None, :]
         z = cos * scale_log2 - tl.where(is_target, margin_log2, 0.0)

@@ -14,6 +14,7 @@ import triton.language as tl
 
 from ..reference import EPS
 from .fused_loss_config import size_key, sweep_configs
+from .tile_dot import sliced_dot_t
 
 NORM_EPS = tl.constexpr(EPS)
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -106,18 +107,8 @@ def _forward_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
                 w = w.to(tl.float32)
             dots = tl.dot(x, tl.trans(w), input_precision=PRECISION)
         else:
-            dots = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            for k0 in range(0, dim, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                k_ok = ks < dim
-                xk = tl.load(x_base + m_local[:, None] * stride_xr + ks[None, :] * stride_xd,
-                             mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                wk = tl.load(w_base + n_local[:, None] * stride_wc + ks[None, :] * stride_wd,
-                             mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-                if UPCAST:
-                    xk = xk.to(tl.float32)
-                    wk = wk.to(tl.float32)
-                dots = tl.dot(xk, tl.trans(wk), dots, input_precision=PRECISION)
+            dots = sliced_dot_t(x_base, m_local, row_ok, stride_xr, stride_xd, w_base, n_local, col_ok, stride_wc,
+                                stride_wd, dim, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
         inv_w_norm = 1.0 / tl.maximum(tl.load(w_norm_ptr + cols, mask=col_ok, other=1.0), NORM_EPS)
         cos = dots * inv_x_norm[:, None] * inv_w_norm[None, :]
         is_target = cols[None, :] == labels[:, None]
