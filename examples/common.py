@@ -7,6 +7,7 @@ into its internals.
 import json
 import math
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,16 @@ def add_run_args(p):
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help=f"output folder (default {display_path(DEFAULT_OUT)})")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def record_run(out, stem, script, argv, config, rows, started, render, **extra):
+    """The result of an example run: {command, config, **extra, rows, elapsed_s}, written as
+    out/stem.json with the table render(rows, command, config) as out/stem.md (and printed)."""
+    command = command_line(script, argv)
+    result = {"command": command, "config": config, **extra, "rows": rows,
+              "elapsed_s": time.perf_counter() - started}
+    write_results(out, stem, render(rows, command, config), result)
+    return result
 
 
 def write_results(out, stem, table, result):

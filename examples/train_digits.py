@@ -16,8 +16,8 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent
 sys.path[:0] = [str(EXAMPLES), str(EXAMPLES.parent)]
 
-from common import (add_run_args, DigitsNet, command_line, evaluate,  # noqa: E402
-                    load_digits_split, make_deterministic, make_head, run_config, train, write_results)
+from common import (add_run_args, DigitsNet, evaluate,  # noqa: E402
+                    load_digits_split, make_deterministic, make_head, record_run, run_config, train)
 
 # key -> (row label in the table, head kind, n, fine-tune)
 METHODS = {
@@ -124,12 +124,7 @@ def main(argv=None):
         })
     config = run_config(args)
     config.update(train_images=len(data[0]), test_images=len(data[2]))
-    command = command_line(__file__, argv)
-    result = {"command": command, "config": config, "rows": rows,
-              "elapsed_s": time.perf_counter() - started}
-    table = markdown_table(rows, command, config)
-    write_results(args.out, "digits_accuracy", table, result)
-    return result
+    return record_run(args.out, "digits_accuracy", __file__, argv, config, rows, started, markdown_table)
 
 
 if __name__ == "__main__":

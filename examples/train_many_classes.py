@@ -28,7 +28,7 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import pedcc_kernels as pk  # noqa: E402
-from common import add_run_args, command_line, run_config, write_json, write_results  # noqa: E402
+from common import add_run_args, record_run, run_config, write_json  # noqa: E402
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 LABELS = {"auto": "fused (auto)", "torch": "fused (torch, chunked)", "triton": "fused (triton)",
@@ -233,12 +233,8 @@ def main(argv=None):
             rows.append(row)
     config = run_config(args, skip=("worker", "centroids_file"))
     config["device_name"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    command = command_line(__file__, argv)
-    result = {"command": command, "config": config, "centroid_stats": stats, "rows": rows,
-              "elapsed_s": time.perf_counter() - started}
-    table = markdown_table(rows, command, config)
-    write_results(args.out, "many_classes", table, result)
-    return result
+    return record_run(args.out, "many_classes", __file__, argv, config, rows, started, markdown_table,
+                      centroid_stats=stats)
 
 
 if __name__ == "__main__":
