@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .nbody import force_engine
+from .nbody import IMPLS, force_engine
 
 
 @dataclass
@@ -160,20 +160,17 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 9
             reason = "time limit"
             break
         shift = current
-        rms = forces.pow(2).sum(dim=1).mean().sqrt()
-        velocity.mul_(momentum).add_(forces / rms.clamp_min(1e-30), alpha=1.0 - momentum)
+        rms = max(float(forces.pow(2).sum(dim=1).mean().sqrt()), 1e-30)
+        velocity.mul_(momentum).add_(forces, alpha=(1.0 - momentum) / rms)
         _tangent_step(x, velocity, lr / beta)
         velocity.sub_((velocity * x).sum(dim=1, keepdim=True) * x)
-        # Points no pair pushes any more keep a velocity that decays by `momentum` per step; zeroing
-        # it before it reaches float32's subnormals keeps those steps off x86's slow subnormal path.
-        velocity.masked_fill_(velocity.abs() < 1e-30, 0.0)
     bar.close()
     return OptimiserResult(best_points, history, iteration, time.perf_counter() - start, reason)
 
 
 def _resolve_impl(impl, device):
-    if impl not in ("auto", "simt", "tensor_core"):
-        raise ValueError(f"impl must be 'auto', 'simt' or 'tensor_core', got {impl!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         return "tensor_core" if torch.device(device).type == "cpu" else "simt"
     return impl
