@@ -85,12 +85,9 @@ def quality_label(p):
 
 
 def force_unavailable(p):
-    from pedcc_kernels import _ext, nbody
+    from pedcc_kernels import _ext
 
-    impl = p["impl"]
-    if impl == "torch":
-        if not hasattr(nbody, "nbody_forces_torch"):
-            return "pedcc_kernels.nbody.nbody_forces_torch is not in this build"
+    if p["impl"] == "torch":
         return None
     if not _ext.available():
         return f"pedcc_kernels._C is not built ({_ext.LOAD_ERROR})"
@@ -100,19 +97,7 @@ def force_unavailable(p):
 
 
 def quality_unavailable(p):
-    from pedcc_kernels import centroids
-
-    if p["method"] != "random" and p["method"] not in getattr(centroids, "METHODS", ()):
-        return f"generate_centroids has no method={p['method']!r} in this build"
-    return None
-
-
-def unit_rows(c, d, seed, device):
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(c, d, generator=gen)
-    return (x / x.norm(dim=1, keepdim=True)).to(device)
+    return None  # every method runs everywhere
 
 
 def make_case(p):
@@ -123,7 +108,7 @@ def make_case(p):
     reason = force_unavailable(p)
     if reason:
         raise Unavailable(reason)
-    points = unit_rows(p["C"], p["d"], p["seed"], p["device"])
+    points = pk.generate_centroids(p["C"], p["d"], method="random", seed=p["seed"], device=p["device"])
     if p["impl"] == "torch":
         def evaluate():
             return nbody.nbody_forces_torch(points, p["potential"], p["param"], p["chunk"])
@@ -137,14 +122,9 @@ def make_case(p):
         evaluate()
 
     def check():
-        out = evaluate()
-        forces, max_cos, energy = out if isinstance(out, (tuple, list)) else (out, None, None)
-        values = {"force_norm": forces.double().norm().item()}
-        if max_cos is not None:
-            values["max_cos"] = max_cos.max().item()
-        if energy is not None:
-            values["energy"] = energy.double().sum().item()
-        return values
+        forces, max_cos, energy = evaluate()
+        return {"force_norm": forces.double().norm().item(), "max_cos": max_cos.max().item(),
+                "energy": energy.double().sum().item()}
 
     return Prepared(run=run, input_bytes=points.numel() * points.element_size(),
                     flop=4.0 * p["C"] ** 2 * p["d"], check=check)
@@ -159,11 +139,8 @@ def generate(p):
     sync = torch.cuda.synchronize if p["device"] == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
-    if p["method"] == "random":
-        points = unit_rows(p["C"], p["d"], p["seed"], p["device"])
-    else:
-        points = pk.generate_centroids(p["C"], p["d"], method=p["method"], seed=p["seed"], device=p["device"],
-                                       max_iters=p["max_iters"], time_limit=p.get("time_limit"))
+    points = pk.generate_centroids(p["C"], p["d"], method=p["method"], seed=p["seed"], device=p["device"],
+                                   max_iters=p["max_iters"], time_limit=p.get("time_limit"))
     sync()
     return points, time.perf_counter() - start
 
@@ -178,12 +155,15 @@ def measure_quality(p):
 
 
 def main(argv=None):
+    from pedcc_kernels.nbody import POTENTIALS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--C", type=int, nargs="+", help="override the force benchmark's point counts")
-    parser.add_argument("--potential", default="coulomb", choices=("coulomb", "riesz", "lse"))
+    parser.add_argument("--potential", default="coulomb", choices=[q for q in POTENTIALS if q != "hinge"])
     parser.add_argument("--param", type=float, default=1.0, help="Riesz exponent or lse temperature")
-    parser.add_argument("--chunk", type=int, default=4096, help="rows per chunk of the torch version")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="rows per chunk of the torch version (default: its own, a block near 32 MB)")
     parser.add_argument("--quality", nargs="+", metavar="C:d", help="override the quality shapes")
     parser.add_argument("--pedcc-iters", type=int, default=None, help="iteration cap of method='pedcc'")
     parser.add_argument("--repulsion-iters", type=int, default=None, help="iteration cap of method='repulsion'")

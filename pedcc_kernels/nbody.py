@@ -84,22 +84,22 @@ def nbody_forces(points, potential="coulomb", param=1.0, impl="auto", shift=0.0)
 def pair_potential_torch(potential, param, cos, shift=0.0):
     """phi(cos) and phi'(cos) elementwise, the torch twin of pedcc::pair_potential (csrc/nbody.h).
     cos: float tensor of any shape; returns two tensors of its shape and dtype."""
+    # In-place chains: the chunked twin runs this on (rows x C) blocks, so each temporary counts.
     if potential == "lse":
-        u = (cos - shift) / param
-        capped = u > LSE_EXPONENT_CAP
-        top = math.exp(LSE_EXPONENT_CAP)
-        e = torch.exp(u.clamp_max(LSE_EXPONENT_CAP))
+        u = (cos - shift).div_(param)
+        beyond_cap = (u - LSE_EXPONENT_CAP).clamp_min_(0.0)
+        e = u.clamp_max_(LSE_EXPONENT_CAP).exp_()
         if cos.dtype != torch.float64:
-            e = e.masked_fill(u < LSE_EXPONENT_FLOOR, 0.0)
-        phi = torch.where(capped, top * (1.0 + u - LSE_EXPONENT_CAP), e)
-        return phi, torch.where(capped, torch.full_like(e, top), e) / param
+            e.masked_fill_(e < math.exp(LSE_EXPONENT_FLOOR), 0.0)
+        phi = beyond_cap.mul_(math.exp(LSE_EXPONENT_CAP)).add_(e)  # the tangent line above the cap
+        return phi, e.div_(param)
     if potential == "hinge":
-        excess = (cos - param).clamp_min(0.0)  # clamp keeps NaN, as the C++ twin does
-        return excess * excess, 2.0 * excess
+        excess = (cos - param).clamp_min_(0.0)  # clamp keeps NaN, as the C++ twin does
+        return excess.square(), excess.mul_(2.0)
     s = 1.0 if potential == "coulomb" else float(param)
-    r2 = (2.0 - 2.0 * cos).clamp_min(MIN_SQUARED_DISTANCE)
+    r2 = cos.mul(-2.0).add_(2.0).clamp_min_(MIN_SQUARED_DISTANCE)
     phi = r2.pow(-s / 2.0)
-    return phi, s * phi / r2
+    return phi, r2.reciprocal_().mul_(phi).mul_(s)
 
 
 @torch.no_grad()

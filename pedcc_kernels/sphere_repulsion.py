@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .nbody import IMPLS, force_engine
+from .nbody import force_engine
 
 
 @dataclass
@@ -81,7 +81,7 @@ def _tangent_step(x, direction, lr):
 
 @torch.no_grad()
 def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 90.0), growth=1.1, window=5,
-              patience=40, time_limit=None, impl="auto", progress=False, engine=None):
+              patience=40, time_limit=None, impl=None, progress=False, engine=None):
     """Lower the largest pairwise cosine of `points` by projected heavy-ball steps on a soft maximum.
 
     Each iteration takes the op's lse forces at temperature 1/beta, shifted by the last largest
@@ -104,7 +104,7 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 9
         growth, window: beta *= growth after `window` iterations without a new best.
         patience: iterations without a new best at the last beta before stopping.
         time_limit: seconds, or None.
-        impl: the op's implementation: 'auto' picks 'tensor_core' on CPU (bf16 operands: 1.7x the
+        impl: the op's implementation; None picks 'tensor_core' on CPU (bf16 operands: 1.7x the
             fp32 op's rate at C=5000, d=512 on the 2-core CPU this was tuned on, see
             benchmarks/results) and 'simt' on CUDA (the tensor-core kernel waits for a GPU validation).
         progress: show a progress bar (iteration, largest cosine, time).
@@ -123,7 +123,9 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 9
     if not growth > 1 or window < 1 or patience < 1:
         raise ValueError(f"need growth > 1, window >= 1, patience >= 1, got {growth}, {window}, {patience}")
     if engine is None:
-        engine = force_engine(x.device, impl=_resolve_impl(impl, x.device))[0]
+        if impl is None:
+            impl = "tensor_core" if x.device.type == "cpu" else "simt"
+        engine = force_engine(x.device, impl=impl)[0]
     beta = sharpness[0] * math.sqrt(d)
     beta_last = sharpness[1] * math.sqrt(d)
     velocity = torch.zeros_like(x)
@@ -160,20 +162,12 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 9
             reason = "time limit"
             break
         shift = current
-        rms = max(float(forces.pow(2).sum(dim=1).mean().sqrt()), 1e-30)
-        velocity.mul_(momentum).add_(forces, alpha=(1.0 - momentum) / rms)
+        rms = torch.linalg.vector_norm(forces).div_(math.sqrt(c)).clamp_min_(1e-30)  # RMS force per point
+        velocity.mul_(momentum).addcdiv_(forces, rms, value=1.0 - momentum)
         _tangent_step(x, velocity, lr / beta)
         velocity.sub_((velocity * x).sum(dim=1, keepdim=True) * x)
     bar.close()
     return OptimiserResult(best_points, history, iteration, time.perf_counter() - start, reason)
-
-
-def _resolve_impl(impl, device):
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "tensor_core" if torch.device(device).type == "cpu" else "simt"
-    return impl
 
 
 @torch.no_grad()
@@ -199,18 +193,18 @@ def charge_model(points, *, max_iters=200, step=None, progress=False, engine=Non
     engine = engine or force_engine(x.device)[0]
     g = step if step is not None else 1.0 / max(1, c - 1)
     velocity = torch.zeros_like(x)
-    history = []
+    maxima = []  # device scalars: no host sync per iteration unless a progress bar shows them
     best = math.inf
     bar = Progress(progress, max_iters, "pedcc")
     start = time.perf_counter()
     for iteration in range(1, max_iters + 1):
         forces, row_max, _ = engine(x, "coulomb", 1.0)
-        current = float(row_max.max())
-        history.append(current)
-        best = min(best, current)
-        bar.update(iteration, current, best)
+        maxima.append(row_max.max())
+        if progress:
+            best = min(best, float(maxima[-1]))
+            bar.update(iteration, float(maxima[-1]), best)
         _tangent_step(x, velocity, 1.0)
         velocity.add_(forces, alpha=g)
     bar.close()
-    history.append(float(engine(x, "coulomb", 1.0)[1].max()))
+    history = torch.stack(maxima).tolist()
     return OptimiserResult(x, history, max_iters, time.perf_counter() - start, "max_iters")
