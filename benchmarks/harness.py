@@ -13,7 +13,6 @@ A benchmark script defines `make_case(params) -> Prepared` (builds inputs, retur
 and `unavailable(params) -> str | None` (why a case cannot run here, or None). This file is also the
 subprocess worker: `python harness.py --worker SPEC`.
 """
-import ctypes
 import datetime
 import gc
 import importlib.util
@@ -40,6 +39,9 @@ MIB = float(1 << 20)
 # The package is used from the working tree, whether or not it is pip-installed.
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+# CPU memory: resident set from /proc (Linux), the same readings as the demo and the examples.
+from pedcc_kernels._memory import current_rss_bytes, peak_rss_bytes, release_free_heap, reset_peak_rss  # noqa: E402
 
 
 class Unavailable(Exception):
@@ -190,49 +192,6 @@ def machine_slug(info: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Memory on a CPU: this process's resident set, read from /proc (Linux)
-
-
-def _status_bytes(field_name: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def current_rss_bytes() -> Optional[int]:
-    return _status_bytes("VmRSS")
-
-
-def peak_rss_bytes() -> Optional[int]:
-    return _status_bytes("VmHWM")
-
-
-def reset_peak_rss() -> bool:
-    """Set VmHWM back to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def release_free_heap() -> None:
-    """Give freed heap pages back to the OS, so the baseline RSS holds no memory of earlier calls that
-    the next call would reuse unseen."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-# ---------------------------------------------------------------------------------------------------
 # Measuring one prepared case
 
 
@@ -330,25 +289,20 @@ def load_script(path: str):
 def run_case_here(script: str, params: dict, settings: Settings) -> dict:
     """Builds and measures one case in this process; never raises."""
     device = params.get("device", "cpu")
+
+    def measured(p):
+        prepared = load_script(script).make_case(p)
+        measure = measure_cuda if device == "cuda" else measure_cpu
+        return summarize(measure(prepared, settings), prepared)
+
     try:
-        module = load_script(script)
-        prepared = module.make_case(params)
-        measured = measure_cuda(prepared, settings) if device == "cuda" else measure_cpu(prepared, settings)
-        result = {"status": "ok", **summarize(measured, prepared)}
-    except Unavailable as exc:
-        result = {"status": "skipped", "reason": str(exc)}
-    except Exception as exc:  # a failing case is recorded and the run goes on
-        kind = "out of memory" if "out of memory" in str(exc).lower() else type(exc).__name__
-        result = {"status": "error", "reason": f"{kind}: {exc}"[:500],
-                  "traceback": traceback.format_exc()[-2000:]}
+        return run_guarded(measured, params)
     finally:
-        prepared = None
         gc.collect()
         if device == "cuda":
             import torch
 
             torch.cuda.empty_cache()
-    return result
 
 
 def run_guarded(runner: Callable[[dict], dict], params: dict) -> dict:
@@ -358,8 +312,8 @@ def run_guarded(runner: Callable[[dict], dict], params: dict) -> dict:
     except Unavailable as exc:
         return {"status": "skipped", "reason": str(exc)}
     except Exception as exc:  # a failing case is recorded and the run goes on
-        return {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:500],
-                "traceback": traceback.format_exc()[-2000:]}
+        kind = "out of memory" if "out of memory" in str(exc).lower() else type(exc).__name__
+        return {"status": "error", "reason": f"{kind}: {exc}"[:500], "traceback": traceback.format_exc()[-2000:]}
 
 
 def run_case_in_subprocess(script: str, params: dict, settings: Settings) -> dict:

@@ -12,7 +12,6 @@ torch.cuda.max_memory_allocated over the timed steps; on CPU the peak resident s
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import pedcc_kernels as pk  # noqa: E402
+from pedcc_kernels._memory import current_rss_bytes, peak_rss_bytes  # noqa: E402
 from common import add_run_args, record_run, run_config, write_json  # noqa: E402
 
 BACKENDS = ("auto", "torch", "triton", "reference")
@@ -94,15 +94,6 @@ def make_mlp(input_dim, hidden, dim):
     """Ends in BatchNorm1d(affine=False), as the PEDCC-Loss authors' networks do."""
     return nn.Sequential(nn.Linear(input_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                          nn.Linear(hidden, dim, bias=False), nn.BatchNorm1d(dim, affine=False))
-
-
-def current_rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def peak_rss_bytes():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def synchronize(device):
