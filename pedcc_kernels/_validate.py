@@ -21,6 +21,13 @@ def check_float_matrix(name, t):
         raise ValueError(f"{name} has zero columns: shape {tuple(t.shape)}")
 
 
+def check_int(name, v, low):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < low:
+        raise ValueError(f"{name} must be >= {low}, got {v}")
+
+
 def check_scalar(name, value, *, low=None, low_inclusive=True):
     if isinstance(value, (torch.SymInt, torch.SymFloat)):
         return  # a symbolic number under torch.compile(dynamic=True) has no value to check

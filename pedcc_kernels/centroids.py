@@ -4,25 +4,18 @@ import math
 
 import torch
 
+from ._validate import FLOAT_DTYPES, check_float_matrix, check_int, check_scalar
 from .reference import normalize_rows
 from .sphere_repulsion import charge_model, repulsion
 from .spherical_bounds import max_cos_lower_bound
 
 METHODS = ("auto", "simplex", "orthoplex", "repulsion", "pedcc", "random")
 ITERATIVE_MAX_ITERS = {"repulsion": 3000, "pedcc": 200}
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Rows per block of the chunked statistics: the (rows x C) Gram block stays near this many bytes.
 STATS_BLOCK_BYTES = 64 << 20
 
 __all__ = ["METHODS", "centroid_stats", "generate_centroids", "max_cos_lower_bound", "orthoplex_centroids",
            "random_centroids", "simplex_centroids"]
-
-
-def _check_int(name, v, low):
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v < low:
-        raise ValueError(f"{name} must be >= {low}, got {v}")
 
 
 def random_orthonormal_columns(dim, k, generator):
@@ -92,18 +85,17 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
     Returns:
         (C, d) tensor of unit rows, on `device`, in `dtype`.
     """
-    _check_int("num_classes", num_classes, 1)
-    _check_int("dim", dim, 1)
-    _check_int("seed", seed, 0)
+    check_int("num_classes", num_classes, 1)
+    check_int("dim", dim, 1)
+    check_int("seed", seed, 0)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     if max_iters is not None:
-        _check_int("max_iters", max_iters, 1)
-    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
-                                   or not time_limit >= 0):
-        raise ValueError(f"time_limit must be a number of seconds >= 0 or None, got {time_limit!r}")
+        check_int("max_iters", max_iters, 1)
+    if time_limit is not None:
+        check_scalar("time_limit", time_limit, low=0)
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device} was asked for but torch sees no CUDA device")
@@ -141,12 +133,7 @@ def centroid_stats(centroids, *, block_rows=None):
         bound (the best known lower bound on max_cos for this C and d: simplex value for C <= d+1,
         0 for C <= 2d, Levenshtein's bound beyond).
     """
-    if not isinstance(centroids, torch.Tensor):
-        raise TypeError(f"centroids must be a torch.Tensor, got {type(centroids).__name__}")
-    if centroids.dim() != 2 or centroids.shape[0] == 0 or centroids.shape[1] == 0:
-        raise ValueError(f"centroids must be a non-empty (C, d) tensor, got shape {tuple(centroids.shape)}")
-    if not centroids.is_floating_point():
-        raise TypeError(f"centroids must be a floating tensor, got {centroids.dtype}")
+    check_float_matrix("centroids", centroids)
     x = normalize_rows(centroids.to(torch.float64 if centroids.dtype == torch.float64 else torch.float32))
     c, d = x.shape
     if block_rows is None:

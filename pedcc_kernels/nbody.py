@@ -10,6 +10,7 @@ import math
 import torch
 
 from . import _ext
+from ._validate import check_int, check_scalar
 
 POTENTIALS = ("coulomb", "riesz", "lse", "hinge")
 IMPLS = ("auto", "simt", "tensor_core")
@@ -31,10 +32,7 @@ def _check_potential(potential, param, shift=0.0):
         raise ValueError(f"param ({name}) must be > 0, got {param}")
     if potential == "hinge" and not -1.0 <= param <= 1.0:
         raise ValueError(f"param (the target cosine tau) must lie in [-1, 1], got {param}")
-    if isinstance(shift, bool) or not isinstance(shift, (int, float)):
-        raise TypeError(f"shift must be a real number, got {type(shift).__name__}")
-    if not math.isfinite(shift):
-        raise ValueError(f"shift must be finite, got {shift}")
+    check_scalar("shift", shift)
     if shift != 0 and potential != "lse":
         raise ValueError(f"shift only applies to the 'lse' potential, got shift={shift} with {potential!r}")
 
@@ -122,8 +120,7 @@ def nbody_forces_torch(points, potential="coulomb", param=1.0, chunk=None, shift
     c, d = points.shape
     if chunk is None:
         chunk = max(16, min(4096, CHUNK_BYTES // max(1, c * points.element_size())))
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    check_int("chunk", chunk, 1)
     x = points.contiguous()
     forces = torch.empty_like(x)
     max_cos = x.new_empty((c,))

@@ -149,7 +149,7 @@ def test_methods_and_dtypes_are_honoured():
     (dict(num_classes=4, dim=4, dtype=torch.int32), TypeError),
     (dict(num_classes=20, dim=4, max_iters=0), ValueError),
     (dict(num_classes=20, dim=4, time_limit=-1.0), ValueError),
-    (dict(num_classes=20, dim=4, time_limit="1 min"), ValueError),
+    (dict(num_classes=20, dim=4, time_limit="1 min"), TypeError),
     (dict(num_classes=4, dim=4, device="not-a-device"), RuntimeError),
 ])
 def test_generate_rejects_bad_arguments(kwargs, exc):
