@@ -20,11 +20,14 @@ def triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device, dtypes=()) -> str:
+    """The concrete backend for inputs on `device` with these dtypes: 'auto' is triton on CUDA unless
+    an input is float64 (the Triton kernels accumulate in float32), else torch."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_usable(device) else "torch"
+        wants_triton = device.type == "cuda" and torch.float64 not in dtypes
+        return "triton" if wants_triton and triton_usable(device) else "torch"
     if backend == "triton" and not triton_usable(device):
         raise ValueError("backend='triton' needs triton installed and CUDA tensors "
                          f"(or TRITON_INTERPRET=1 on CPU); features are on {device}")
@@ -45,7 +48,8 @@ def pedcc_loss(features, labels, centroids, *, s=15.0, m=0.5, n=1.0, lam=1.0, re
         n: root of the MSE term (>= 1); lam: its weight (>= 0).
         reduction: 'mean' (over non-ignored rows) | 'sum' | 'none' for the softmax term.
         mse_reduction: 'sum' (the authors' choice) | 'mean' for the MSE term (not used with 'none').
-        backend: 'auto' (triton on CUDA, torch otherwise) | 'triton' | 'torch' | 'reference'.
+        backend: 'auto' (triton on CUDA unless an input is float64, torch otherwise) | 'triton' |
+            'torch' | 'reference'.
         check_labels: verify the label range (one host sync); turn off on the hot path.
         chunk_size: classes per chunk of the torch backend (default 4096).
 
@@ -58,9 +62,7 @@ def pedcc_loss(features, labels, centroids, *, s=15.0, m=0.5, n=1.0, lam=1.0, re
     labels = labels.long()
     options = dict(s=float(s), m=float(m), n=float(n), lam=float(lam), reduction=reduction,
                    mse_reduction=mse_reduction, ignore_index=ignore_index)
-    chosen = resolve_backend(backend, features.device)
-    if backend == "auto" and torch.float64 in (features.dtype, centroids.dtype):
-        chosen = "torch"  # the Triton kernels accumulate in float32
+    chosen = resolve_backend(backend, features.device, (features.dtype, centroids.dtype))
     if chosen == "reference":
         return pedcc_loss_reference(features, labels, centroids, **options)
     if chosen == "triton":

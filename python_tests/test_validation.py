@@ -61,10 +61,31 @@ def test_ignore_index_rows_pass_the_label_check():
     assert torch.isfinite(pk.pedcc_loss(x, y, w, ignore_index=-7))
 
 
-def test_label_check_can_be_turned_off_for_the_hot_path():
+def test_label_check_can_be_turned_off_for_the_hot_path(monkeypatch):
+    from pedcc_kernels import _validate
+
+    def syncing_check(*args):
+        raise AssertionError("the label range check ran")
+
+    monkeypatch.setattr(_validate, "check_label_range", syncing_check)
     x, y, w = good()
     loss = pk.pedcc_loss(x, y, w, check_labels=False, backend="torch")
-    torch.testing.assert_close(loss, pk.pedcc_loss(x, y, w, backend="reference"))
+    torch.testing.assert_close(loss, pk.pedcc_loss(x, y, w, backend="reference", check_labels=False))
+    with pytest.raises(AssertionError, match="label range check ran"):
+        pk.pedcc_loss(x, y, w, backend="torch")
+
+
+def test_auto_backend_rule(monkeypatch):
+    """'auto': triton for CUDA tensors unless an input is float64 (its kernels accumulate in
+    float32), torch elsewhere. Decided without a GPU: only the device type and dtypes matter."""
+    from pedcc_kernels import loss
+
+    monkeypatch.setattr(loss, "triton_usable", lambda device: True)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert loss.resolve_backend("auto", cuda, (torch.bfloat16, torch.float32)) == "triton"
+    assert loss.resolve_backend("auto", cuda, (torch.float64, torch.float64)) == "torch"
+    assert loss.resolve_backend("auto", cuda, (torch.float32, torch.float64)) == "torch"
+    assert loss.resolve_backend("auto", cpu, (torch.float32, torch.float32)) == "torch"
 
 
 def test_triton_backend_on_cpu_without_interpreter_is_refused(monkeypatch):
