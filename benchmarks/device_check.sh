@@ -49,6 +49,11 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 remaining() { echo $(( BUDGET - ($(date +%s) - START) )); }
 
+skip_step() {
+    printf '%-16s %-8s %6s  %s\n' "$1" "skipped" "0" "$2" >> "$WORK/steps"
+    echo "== $1: skipped ($2)"
+}
+
 # step NAME CAP_SECONDS RESERVE_SECONDS COMMAND...: runs COMMAND with a timeout of at most CAP and
 # never into the RESERVE kept for later steps; its output goes to the bundled log, and on failure
 # its last lines are printed too.
@@ -58,8 +63,7 @@ step() {
     local limit=$(( $(remaining) - reserve ))
     (( limit > cap )) && limit=$cap
     if (( limit < 10 )); then
-        printf '%-16s %-8s %6s  %s\n' "$name" "skipped" "0" "no time left in the ${BUDGET}s budget" >> "$WORK/steps"
-        echo "== $name: skipped (no time left)"
+        skip_step "$name" "no time left in the ${BUDGET}s budget"
         return 0
     fi
     echo "== $name (limit ${limit}s): $*"
@@ -83,11 +87,6 @@ step() {
     note=$(grep -E '(passed|failed|error|tests collected|no tests ran)' "$WORK/$name.log" | tail -n 1 | cut -c1-70)
     printf '%-16s %-8s %6s  %s\n' "$name" "$status" "$took" "$note" >> "$WORK/steps"
     return 0
-}
-
-skip_step() {
-    printf '%-16s %-8s %6s  %s\n' "$1" "skipped" "0" "$2" >> "$WORK/steps"
-    echo "== $1: skipped ($2)"
 }
 
 # 1. What the machine is.

@@ -13,7 +13,9 @@ import json
 import os
 import sys
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import REPO_ROOT, RESULTS_DIR  # noqa: E402
 
 # (header, record key, format) per section; a missing value prints as "-".
 COLUMNS = {
@@ -142,9 +144,8 @@ def latest_runs(paths, include_dry_run=False):
 
 def source_name(path) -> str:
     """The file's path relative to the repository when it lies inside it, else its name."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     full = os.path.abspath(path)
-    return os.path.relpath(full, repo) if full.startswith(repo + os.sep) else os.path.basename(full)
+    return os.path.relpath(full, REPO_ROOT) if full.startswith(REPO_ROOT + os.sep) else os.path.basename(full)
 
 
 def main(argv=None):

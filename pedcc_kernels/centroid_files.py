@@ -18,10 +18,6 @@ TENSOR_KEY = "centroids"
 def check_path(path):
     """The format suffix of `path` ('.pt', '.npy' or '.safetensors'), or ValueError before any work
     is done for a file that could not be written."""
-    return _suffix(path)
-
-
-def _suffix(path):
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in SUFFIXES:
         raise ValueError(f"unsupported centroid file type {suffix!r} for {os.fspath(path)!r}; "
@@ -71,7 +67,7 @@ def save_centroids(path, centroids, **meta):
         raise TypeError("centroids must be a floating torch.Tensor")
     if centroids.dim() != 2 or centroids.shape[0] == 0:
         raise ValueError(f"centroids must be a non-empty (C, d) tensor, got shape {tuple(centroids.shape)}")
-    suffix = _suffix(path)
+    suffix = check_path(path)
     reserved = {"C", "d", "format", "version"} & meta.keys()
     if reserved:
         raise ValueError(f"metadata keys {sorted(reserved)} are set by save_centroids itself")
@@ -139,7 +135,7 @@ def load_centroids(path, *, device=None, dtype=None, with_meta=False):
         FileNotFoundError: no such file. ValueError: truncated/corrupt file, not (C, d), non-finite
         values, or C/d different from the metadata.
     """
-    suffix = _suffix(path)
+    suffix = check_path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no centroid file at {os.fspath(path)!r}")
     tensor, meta = _read(path, suffix)
