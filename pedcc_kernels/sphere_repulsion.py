@@ -5,7 +5,7 @@ whose sharpness beta (inverse temperature) rises each time the largest cosine st
 the early iterations reshape the whole cosine distribution and the late ones press only the pairs at
 the maximum. Stops when the largest cosine has not improved at the sharpest setting. (This replaced
 a hinge potential whose target followed the maximum: at (10000, 512) on the 2-core CPU it stopped at
-a largest cosine of 0.061 after 213 s, this schedule at 0.053 after 507 s; benchmarks/results has both
+a largest cosine of 0.061 after 213 s, this schedule at 0.053 after 437 s; benchmarks/results has both
 runs in the history of its centroids JSON.)
 
 `charge_model`: the authors' generator (inverse-square forces between unit charges, tangential part,
