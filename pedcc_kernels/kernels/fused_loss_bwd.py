@@ -16,7 +16,7 @@ import triton.language as tl
 
 from .fused_loss_config import size_key, sweep_configs
 from .fused_loss_fwd import LOG2E, NORM_EPS
-from .tile_dot import sliced_dot_t
+from .tile_dot import load_rows, sliced_dot_t
 
 
 @triton.jit
@@ -85,12 +85,8 @@ def _grad_centroids_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, lse_
     r_begin = piece * rows_per_piece
     r_end = tl.minimum(r_begin + rows_per_piece, n_rows)
 
-    d_all = tl.arange(0, D_PAD)
     if ONE_K:
-        w = tl.load(w_base + m_local[:, None] * stride_wc + d_all[None, :] * stride_wd,
-                    mask=col_ok[:, None] & (d_all[None, :] < dim), other=0.0)
-        if UPCAST:
-            w = w.to(tl.float32)
+        w = load_rows(w_base, m_local, col_ok, stride_wc, stride_wd, dim, D_PAD, UPCAST)
     d_out = d_slice * D_SLICE + tl.arange(0, D_SLICE)
     d_out_ok = d_out < dim
 
@@ -105,10 +101,7 @@ def _grad_centroids_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, lse_
         a_s = tl.load(grad_am_ptr + rows, mask=row_ok, other=0.0) * scale
         b = tl.load(grad_cos_ptr + rows, mask=row_ok, other=0.0)
         if ONE_K:
-            x = tl.load(x_base + n_local[:, None] * stride_xr + d_all[None, :] * stride_xd,
-                        mask=row_ok[:, None] & (d_all[None, :] < dim), other=0.0)
-            if UPCAST:
-                x = x.to(tl.float32)
+            x = load_rows(x_base, n_local, row_ok, stride_xr, stride_xd, dim, D_PAD, UPCAST)
             dots = tl.dot(w, tl.trans(x), input_precision=PRECISION)
         else:
             dots = sliced_dot_t(w_base, m_local, col_ok, stride_wc, stride_wd, x_base, n_local, row_ok, stride_xr,

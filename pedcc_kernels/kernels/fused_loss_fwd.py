@@ -14,7 +14,7 @@ import triton.language as tl
 
 from ..reference import EPS
 from .fused_loss_config import size_key, sweep_configs
-from .tile_dot import sliced_dot_t
+from .tile_dot import load_rows, sliced_dot_t
 
 NORM_EPS = tl.constexpr(EPS)
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -81,12 +81,8 @@ def _forward_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
     c_begin = piece * classes_per_piece
     c_end = tl.minimum(c_begin + classes_per_piece, n_classes)
 
-    d_all = tl.arange(0, D_PAD)
     if ONE_K:
-        x = tl.load(x_base + m_local[:, None] * stride_xr + d_all[None, :] * stride_xd,
-                    mask=row_ok[:, None] & (d_all[None, :] < dim), other=0.0)
-        if UPCAST:
-            x = x.to(tl.float32)
+        x = load_rows(x_base, m_local, row_ok, stride_xr, stride_xd, dim, D_PAD, UPCAST)
     d_out = d_slice * D_SLICE + tl.arange(0, D_SLICE)
     d_out_ok = d_out < dim
 
@@ -101,10 +97,7 @@ def _forward_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
         col_ok = cols < c_end
         w_base = w_ptr + tl.cast(c0, tl.int64) * stride_wc
         if ONE_K:
-            w = tl.load(w_base + n_local[:, None] * stride_wc + d_all[None, :] * stride_wd,
-                        mask=col_ok[:, None] & (d_all[None, :] < dim), other=0.0)
-            if UPCAST:
-                w = w.to(tl.float32)
+            w = load_rows(w_base, n_local, col_ok, stride_wc, stride_wd, dim, D_PAD, UPCAST)
             dots = tl.dot(x, tl.trans(w), input_precision=PRECISION)
         else:
             dots = sliced_dot_t(x_base, m_local, row_ok, stride_xr, stride_xd, w_base, n_local, col_ok, stride_wc,

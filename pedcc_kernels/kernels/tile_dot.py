@@ -1,6 +1,18 @@
-"""Triton building block shared by the forward and backward sweeps of the fused PEDCC-Loss."""
+"""Triton building blocks shared by the forward and backward sweeps of the fused PEDCC-Loss."""
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def load_rows(base, rows, ok, stride_r, stride_d, dim, D_PAD: tl.constexpr, UPCAST: tl.constexpr):
+    """The (len(rows), D_PAD) tile of rows base + rows * stride_r (columns at stride_d); rows outside
+    ok and columns past dim read as 0. In fp32 when UPCAST."""
+    ds = tl.arange(0, D_PAD)
+    tile = tl.load(base + rows[:, None] * stride_r + ds[None, :] * stride_d, mask=ok[:, None] & (ds[None, :] < dim),
+                   other=0.0)
+    if UPCAST:
+        tile = tile.to(tl.float32)
+    return tile
 
 
 @triton.jit
