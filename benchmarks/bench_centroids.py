@@ -71,8 +71,9 @@ def quality_cases(args, device):
             else:
                 cap = None
             limit = args.repulsion_time_limit if method == "repulsion" else None
+            impl = args.optimiser_impl if method in ("repulsion", "pedcc") else None
             cases.append(dict(method=method, C=c, d=d, device=device, seed=args.seed, max_iters=cap,
-                              time_limit=limit))
+                              time_limit=limit, impl=impl))
     return cases
 
 
@@ -131,27 +132,55 @@ def make_case(p):
 
 
 def generate(p):
-    """(C, d) centroids of one method, and the wall time it took."""
+    """(C, d) centroids of one method, the wall time it took and what the optimiser reports.
+
+    The iterative methods run as generate_centroids runs them (the same seeded random start, then the
+    optimiser), called directly so that the record holds the iterations, the stop reason and the
+    largest cosine along the way."""
     import torch
 
     import pedcc_kernels as pk
+    from pedcc_kernels.centroids import ITERATIVE_MAX_ITERS
+    from pedcc_kernels.sphere_repulsion import charge_model, repulsion
 
     sync = torch.cuda.synchronize if p["device"] == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
-    points = pk.generate_centroids(p["C"], p["d"], method=p["method"], seed=p["seed"], device=p["device"],
-                                   max_iters=p["max_iters"], time_limit=p.get("time_limit"))
+    points = pk.generate_centroids(p["C"], p["d"], method="random", seed=p["seed"], device=p["device"])
+    report = {}
+    if p["method"] in ("repulsion", "pedcc"):
+        if p["method"] == "repulsion":
+            result = repulsion(points, max_iters=p["max_iters"] or ITERATIVE_MAX_ITERS["repulsion"],
+                               time_limit=p.get("time_limit"), impl=p.get("impl"))
+        else:
+            result = charge_model(points, max_iters=p["max_iters"] or ITERATIVE_MAX_ITERS["pedcc"],
+                                  impl=p.get("impl"))
+        points = result.points
+        report = {"iterations": result.iterations, "stop_reason": result.stop_reason,
+                  "trajectory": thinned_history(result.history, result.seconds)}
     sync()
-    return points, time.perf_counter() - start
+    return points, time.perf_counter() - start, report
+
+
+def thinned_history(history, seconds, keep=40):
+    """[(iteration, seconds at about that iteration, largest cosine), ...]: about `keep` points of the
+    optimiser's history, the last one included (seconds assume a constant time per iteration)."""
+    if not history:
+        return []
+    stride = max(1, len(history) // keep)
+    picks = sorted(set(range(0, len(history), stride)) | {len(history) - 1})
+    per_iteration = seconds / len(history)
+    return [(i + 1, round((i + 1) * per_iteration, 2), round(history[i], 5)) for i in picks]
 
 
 def measure_quality(p):
     import pedcc_kernels as pk
 
-    points, seconds = generate(p)
+    points, seconds, report = generate(p)
     stats = pk.centroid_stats(points)
     return {"time_s": seconds, "max_cos": stats["max_cos"], "min_dist": stats["min_dist"],
-            "mean_cos": stats["mean_cos"], "bound": stats["bound"], "gap_to_bound": stats["max_cos"] - stats["bound"]}
+            "mean_cos": stats["mean_cos"], "bound": stats["bound"], "gap_to_bound": stats["max_cos"] - stats["bound"],
+            **report}
 
 
 def main(argv=None):
@@ -169,6 +198,8 @@ def main(argv=None):
     parser.add_argument("--repulsion-iters", type=int, default=None, help="iteration cap of method='repulsion'")
     parser.add_argument("--repulsion-time-limit", type=float, default=None,
                         help="seconds after which method='repulsion' returns its best so far")
+    parser.add_argument("--optimiser-impl", choices=("auto", "simt", "tensor_core"), default=None,
+                        help="force op implementation of repulsion and pedcc (default: the device's own)")
     parser.add_argument("--skip", choices=("force", "quality"), action="append", default=[])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

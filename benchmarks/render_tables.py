@@ -31,7 +31,8 @@ COLUMNS = {
               ("rel. diff", "check_rel_diff", "{:.0e}")],
     "quality": [("C", "C", "{}"), ("d", "d", "{}"), ("method", "method", "{}"), ("max cos", "max_cos", "{:.4f}"),
                 ("bound", "bound", "{:.4f}"), ("min dist", "min_dist", "{:.4f}"), ("time (s)", "time_s", "{:.3g}"),
-                ("iterations cap", "max_iters", "{}")],
+                ("iterations", "iterations", "{}"), ("cap", "max_iters", "{}"), ("stopped by", "stop_reason", "{}"),
+                ("force impl", "impl", "{}")],
 }
 LEGEND = {
     "loss": "time: median of the repeats of forward + backward; extra mem: peak minus inputs; × ref: ratio "

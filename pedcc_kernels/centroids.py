@@ -5,6 +5,7 @@ import math
 import torch
 
 from ._validate import FLOAT_DTYPES, check_float_matrix, check_int, check_scalar
+from .nbody import IMPLS
 from .reference import normalize_rows
 from .sphere_repulsion import charge_model, repulsion
 from .spherical_bounds import max_cos_lower_bound
@@ -63,7 +64,7 @@ def resolve_method(method, num_classes, dim):
 
 
 def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, dtype=torch.float32,
-                       max_iters=None, time_limit=None, progress=False):
+                       max_iters=None, time_limit=None, impl=None, progress=False):
     """C unit vectors in R^d spread as evenly as possible (largest pairwise cosine small).
 
     Args:
@@ -80,6 +81,8 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
             'repulsion', 200 for 'pedcc' as in the authors' code).
         time_limit: seconds after which 'repulsion' returns its best point set so far (None: run
             until it converges or reaches max_iters).
+        impl: the force op's implementation for the iterative methods ('simt', 'tensor_core',
+            'auto'; see `nbody_forces`); None: the device's default (`repulsion` documents it).
         progress: show a progress bar (iteration, largest cosine, time) for the iterative methods.
 
     Returns:
@@ -96,6 +99,8 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
         check_int("max_iters", max_iters, 1)
     if time_limit is not None:
         check_scalar("time_limit", time_limit, low=0)
+    if impl is not None and impl not in IMPLS:
+        raise ValueError(f"impl must be None or one of {IMPLS}, got {impl!r}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device} was asked for but torch sees no CUDA device")
@@ -110,9 +115,10 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
         if method in ITERATIVE_MAX_ITERS:
             iters = max_iters if max_iters is not None else ITERATIVE_MAX_ITERS[method]
             if method == "repulsion":
-                result = repulsion(points.to(device), max_iters=iters, time_limit=time_limit, progress=progress)
+                result = repulsion(points.to(device), max_iters=iters, time_limit=time_limit, impl=impl,
+                                   progress=progress)
             else:
-                result = charge_model(points.to(device), max_iters=iters, progress=progress)
+                result = charge_model(points.to(device), max_iters=iters, impl=impl, progress=progress)
             points = result.points
     points = points.to(device)
     return normalize_rows(points.to(torch.promote_types(points.dtype, dtype))).to(dtype)

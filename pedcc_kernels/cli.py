@@ -13,6 +13,7 @@ def demo_main(argv=None):
 
 def centroids_parser():
     from .centroids import METHODS
+    from .nbody import IMPLS
 
     parser = argparse.ArgumentParser(
         prog="pedcc-centroids",
@@ -30,6 +31,8 @@ def centroids_parser():
                         help="cap on iterations of repulsion (default 3000) and pedcc (default 200)")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds after which repulsion returns its best so far (default: until it converges)")
+    parser.add_argument("--impl", default=None, choices=IMPLS,
+                        help="force op implementation of the iterative methods (default: the device's own)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -49,7 +52,7 @@ def centroids_main(argv=None):
     try:
         check_path(args.output)
         points = generate_centroids(args.classes, args.dim, method=args.method, seed=args.seed, device=device,
-                                    max_iters=args.max_iters, time_limit=args.time_limit,
+                                    max_iters=args.max_iters, time_limit=args.time_limit, impl=args.impl,
                                     progress=not args.no_progress)
         seconds = time.perf_counter() - start
         stats = centroid_stats(points)

@@ -171,7 +171,7 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 9
 
 
 @torch.no_grad()
-def charge_model(points, *, max_iters=200, step=None, progress=False, engine=None):
+def charge_model(points, *, max_iters=200, step=None, impl=None, progress=False, engine=None):
     """The authors' PEDCC generator: unit charges on the sphere under inverse-square forces.
 
     Per iteration: F = tangential part of sum_j (x_i - x_j)/|x_i - x_j|^3 (the op's Coulomb force),
@@ -183,14 +183,14 @@ def charge_model(points, *, max_iters=200, step=None, progress=False, engine=Non
         points: (C, d) float tensor, the start.
         max_iters: iterations (the model has no stopping rule of its own).
         step: G; default 1/(C-1).
-        progress, engine: as for `repulsion`.
+        impl, progress, engine: as for `repulsion` (impl None: the op's 'auto').
 
     Returns:
         OptimiserResult with the last point set (float32).
     """
     x = _as_master(points)
     c = x.shape[0]
-    engine = engine or force_engine(x.device)[0]
+    engine = engine or force_engine(x.device, impl=impl or "auto")[0]
     g = step if step is not None else 1.0 / max(1, c - 1)
     velocity = torch.zeros_like(x)
     maxima = []  # device scalars: no host sync per iteration unless a progress bar shows them

@@ -196,3 +196,21 @@ def test_render_tables_reads_files_and_skips_dry_runs_by_default(tmp_path, capsy
     assert render_tables.main([run.json_path, "-o", str(target)]) == 0
     text = target.read_text()
     assert "DRY RUN" in text and "| 8 |" in text
+
+
+@pytest.mark.parametrize("method", ["repulsion", "pedcc"])
+def test_quality_benchmark_runs_what_generate_centroids_runs(method):
+    """The quality benchmark calls the optimisers directly (to record their trajectory): its points
+    must be those of the public generate_centroids with the same seed and cap."""
+    import torch
+
+    import pedcc_kernels as pk
+
+    bench = harness.load_script(os.path.join(BENCH, "bench_centroids.py"))
+    params = dict(method=method, C=40, d=6, device="cpu", seed=5, max_iters=12, time_limit=None, impl=None)
+    points, seconds, report = bench.generate(params)
+    expected = pk.generate_centroids(40, 6, method=method, seed=5, max_iters=12)
+    torch.testing.assert_close(points, expected, rtol=0, atol=1e-6)
+    assert report["iterations"] == 12 and seconds > 0
+    trajectory = report["trajectory"]
+    assert trajectory[-1][0] == 12 and all(a[0] < b[0] for a, b in zip(trajectory, trajectory[1:]))

@@ -77,8 +77,9 @@ def test_torch_fallback_engine_follows_the_op(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_repulsion_on_the_gpu():
-    w = pk.generate_centroids(600, 16, device="cuda", max_iters=200)
+@pytest.mark.parametrize("impl", [None, "simt", "tensor_core"])
+def test_repulsion_on_the_gpu(impl):
+    w = pk.generate_centroids(600, 16, device="cuda", max_iters=200, impl=impl)
     assert w.is_cuda
     stats = pk.centroid_stats(w)
     assert stats["bound"] - 1e-9 <= stats["max_cos"] < pk.centroid_stats(random_centroids(
@@ -150,6 +151,7 @@ def test_methods_and_dtypes_are_honoured():
     (dict(num_classes=20, dim=4, max_iters=0), ValueError),
     (dict(num_classes=20, dim=4, time_limit=-1.0), ValueError),
     (dict(num_classes=20, dim=4, time_limit="1 min"), TypeError),
+    (dict(num_classes=20, dim=4, impl="fast"), ValueError),
     (dict(num_classes=4, dim=4, device="not-a-device"), RuntimeError),
 ])
 def test_generate_rejects_bad_arguments(kwargs, exc):
