@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
 
@@ -27,23 +28,40 @@ extern "C" PyObject* PyInit__C(void) {
 namespace pedcc {
 namespace {
 
+// Numbers in error messages are formatted here, not streamed into the message: on the H200 machine
+// (torch 2.11, extension built there), every check whose message streamed a double or a shape
+// (c10::str, an std::ostringstream) crashed the process with a segfault while the ones streaming
+// only strings raised cleanly. snprintf needs no iostream locale.
+std::string number(double v) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%g", v);
+  return text;
+}
+
+std::string shape_of(const at::Tensor& t) {
+  std::string text = "(";
+  for (int64_t i = 0; i < t.dim(); ++i) text += (i ? ", " : "") + std::to_string(t.size(i));
+  return text + (t.dim() == 1 ? ",)" : ")");
+}
+
 int parse_potential(c10::string_view name, double param, double shift) {
   const std::string p(name);
   TORCH_CHECK_VALUE(p == "lse" || shift == 0,
-                    "nbody_forces: shift only applies to the 'lse' potential, got shift=", shift, " with '", p, "'");
-  TORCH_CHECK_VALUE(std::isfinite(shift), "nbody_forces: shift must be finite, got ", shift);
+                    "nbody_forces: shift only applies to the 'lse' potential, got shift=", number(shift), " with '", p,
+                    "'");
+  TORCH_CHECK_VALUE(std::isfinite(shift), "nbody_forces: shift must be finite, got ", number(shift));
   if (p == "coulomb") return kCoulomb;
   if (p == "riesz") {
-    TORCH_CHECK_VALUE(param > 0, "nbody_forces: param (the Riesz exponent s) must be > 0, got ", param);
+    TORCH_CHECK_VALUE(param > 0, "nbody_forces: param (the Riesz exponent s) must be > 0, got ", number(param));
     return kRiesz;
   }
   if (p == "lse") {
-    TORCH_CHECK_VALUE(param > 0, "nbody_forces: param (the temperature t) must be > 0, got ", param);
+    TORCH_CHECK_VALUE(param > 0, "nbody_forces: param (the temperature t) must be > 0, got ", number(param));
     return kLse;
   }
   if (p == "hinge") {
     TORCH_CHECK_VALUE(param >= -1 && param <= 1,
-                      "nbody_forces: param (the target cosine tau) must lie in [-1, 1], got ", param);
+                      "nbody_forces: param (the target cosine tau) must lie in [-1, 1], got ", number(param));
     return kHinge;
   }
   TORCH_CHECK_VALUE(false, "nbody_forces: potential must be 'coulomb', 'riesz', 'lse' or 'hinge', got '", p,
@@ -65,9 +83,9 @@ int parse_impl(c10::string_view name) {
 
 void check_points(const at::Tensor& points) {
   TORCH_CHECK_VALUE(points.dim() == 2, "nbody_forces: points must be 2-D (C, d), got shape ",
-                    points.sizes());
+                    shape_of(points));
   TORCH_CHECK_VALUE(points.size(0) >= 1 && points.size(1) >= 1,
-                    "nbody_forces: points must be non-empty, got shape ", points.sizes());
+                    "nbody_forces: points must be non-empty, got shape ", shape_of(points));
 }
 
 // Rows per tile: the (rows x C) weight tile stays near 32 MB whatever C is, so memory is O(C*d).

@@ -246,3 +246,17 @@ def test_cuda_shifted_lse_matches_cpu_op(impl):
     for name, a, b in zip(("forces", "max_cos", "energy"), gpu, cpu):
         scale = max(1.0, b.abs().max().item())
         torch.testing.assert_close(a.cpu() / scale, b / scale, **CUDA_TOLERANCE[impl], msg=f"{impl} {name}")
+
+
+@needs_ext
+@pytest.mark.parametrize("args,message", [
+    ((torch.eye(3), "riesz", -2.0), r"must be > 0, got -2\b"),
+    ((torch.ones(3), "coulomb", 1.0), r"got shape \(3,\)"),
+    ((torch.ones(0, 4), "coulomb", 1.0), r"got shape \(0, 4\)"),
+    ((torch.eye(3), "lse", 0.1, "auto", math.inf), "shift must be finite, got inf"),
+])
+def test_raw_op_messages_name_the_bad_value(args, message):
+    # The numbers are formatted without iostreams (see ops.cpp): on one GPU machine streaming them
+    # into the message crashed the process instead of raising.
+    with pytest.raises(ValueError, match=message):
+        torch.ops.pedcc.nbody_forces(*args)

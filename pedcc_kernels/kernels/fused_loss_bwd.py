@@ -29,6 +29,8 @@ def grad_features_kernel(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, off_o
     G_i = a_i s (O'_i - q_i w^_y) + b_i w^_y and G_i . x^_i = a_i s (P'_i - q_i cos_iy) + b_i cos_iy.
     G_i / eps where ||x_i|| <= eps (autograd of x / max(||x||, eps)). dx is written contiguous in
     dx_ptr's dtype. Labels outside [0, C) (possible with check_labels=False) read no memory."""
+    # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
+    scale = tl.cast(scale, tl.float32)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=0)
@@ -68,6 +70,10 @@ def _grad_centroids_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, lse_
     """One program: BLOCK_M centroids x one piece of the rows x one slice of d. Writes
     part[piece, j, slice] = sum_i g_ij x^_i (fp32), the gradient w.r.t. the normalised centroid.
     Roles are the forward's with rows and classes swapped: the centroid tile stays, rows stream."""
+    # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
+    scale = tl.cast(scale, tl.float32)
+    scale_log2 = tl.cast(scale_log2, tl.float32)
+    margin_log2 = tl.cast(margin_log2, tl.float32)
     ONE_K: tl.constexpr = BLOCK_K == D_PAD
     SAME_TILE: tl.constexpr = (BLOCK_K == D_PAD) & (D_SLICE == D_PAD)
     n_slices = tl.cdiv(dim, D_SLICE)

@@ -62,6 +62,9 @@ def _forward_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
     through a half-precision GEMM would cancel to noise as p_iy -> 1.
     rows_key / classes_key only key the autotuner.
     """
+    # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
+    scale_log2 = tl.cast(scale_log2, tl.float32)
+    margin_log2 = tl.cast(margin_log2, tl.float32)
     ONE_K: tl.constexpr = BLOCK_K == D_PAD
     SAME_TILE: tl.constexpr = (BLOCK_K == D_PAD) & (D_SLICE == D_PAD)
     n_slices = tl.cdiv(dim, D_SLICE)
@@ -163,6 +166,9 @@ def combine_pieces_kernel(max_ptr, sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr,
     """Merge the pieces of the class sweep, in piece order, into per-row results: lse_i,
     row_am_i = lse_i - s (cos_iy - m), cos_iy and, when NEED_DX, the normalised off-target sums
     1 - p_iy = sum_{j != y} p_ij, sum_{j != y} p_ij cos_ij and sum_{j != y} p_ij w^_j (fp32)."""
+    # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
+    scale = tl.cast(scale, tl.float32)
+    margin_scaled = tl.cast(margin_scaled, tl.float32)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
     best = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
