@@ -25,7 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import Prepared, Run, Section, Unavailable, add_common_args, resolve_common  # noqa: E402
 
-FORCE_IMPLS = {"cpu": ("op", "op_bf16", "torch"), "cuda": ("simt", "tensor_core", "torch")}
+FORCE_IMPLS = {"cpu": ("op", "op_bf16", "torch"), "cuda": ("simt", "tensor_core", "triton", "torch")}
+# --optimiser-impl fastest: the quickest impl at the largest C whose check values stay this close to torch's
+FASTEST_MAX_REL_DIFF = 2e-2
 # Bench names of the op's impl argument ('op_bf16': the CPU's 'tensor_core', bf16 operands).
 OP_IMPL = {"op": "auto", "op_bf16": "tensor_core"}
 # repulsion before pedcc: if a step's time limit cuts the run short, the method with targets is measured
@@ -47,9 +49,10 @@ def force_cases(args, device):
     else:
         sizes, dim = (1000, 2000, 5000), 512
     sizes = args.C or sizes
+    impls = [i for i in FORCE_IMPLS[device] if not args.impls or i in args.impls or i == "torch"]
     return [dict(impl=impl, C=c, d=dim, potential=args.potential, param=args.param, chunk=args.chunk,
                  device=device, seed=args.seed, same_math=True)
-            for c in sizes for impl in FORCE_IMPLS[device]]
+            for c in sizes for impl in impls]
 
 
 def quality_cases(args, device):
@@ -86,10 +89,14 @@ def quality_label(p):
 
 
 def force_unavailable(p):
+    import importlib.util
+
     from pedcc_kernels import _ext
 
     if p["impl"] == "torch":
         return None
+    if p["impl"] == "triton":
+        return None if importlib.util.find_spec("triton") else "triton is not installed"
     if not _ext.available():
         return f"pedcc_kernels._C is not built ({_ext.LOAD_ERROR})"
     if p["device"] == "cuda" and not _ext.has_cuda_kernels():
@@ -183,12 +190,26 @@ def measure_quality(p):
             **report}
 
 
+def fastest_validated_impl(records):
+    """The force impl (op impl name) with the shortest time at the largest C measured, among those whose
+    check values agree with torch's within FASTEST_MAX_REL_DIFF; None when none qualifies."""
+    ok = [r for r in records if r["section"] == "force" and r["status"] == "ok" and r["impl"] != "torch"
+          and r.get("check_rel_diff") is not None and r["check_rel_diff"] < FASTEST_MAX_REL_DIFF]
+    if not ok:
+        return None
+    largest = max(r["C"] for r in ok)
+    best = min((r for r in ok if r["C"] == largest), key=lambda r: r["time_ms"])
+    return OP_IMPL.get(best["impl"], best["impl"])
+
+
 def main(argv=None):
     from pedcc_kernels.nbody import POTENTIALS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--C", type=int, nargs="+", help="override the force benchmark's point counts")
+    parser.add_argument("--impls", nargs="+", choices=sorted({i for v in FORCE_IMPLS.values() for i in v}),
+                        help="only these force implementations (torch, the baseline, always runs)")
     parser.add_argument("--potential", default="coulomb", choices=[q for q in POTENTIALS if q != "hinge"])
     parser.add_argument("--param", type=float, default=1.0, help="Riesz exponent or lse temperature")
     parser.add_argument("--chunk", type=int, default=None,
@@ -198,8 +219,9 @@ def main(argv=None):
     parser.add_argument("--repulsion-iters", type=int, default=None, help="iteration cap of method='repulsion'")
     parser.add_argument("--repulsion-time-limit", type=float, default=None,
                         help="seconds after which method='repulsion' returns its best so far")
-    parser.add_argument("--optimiser-impl", choices=("auto", "simt", "tensor_core"), default=None,
-                        help="force op implementation of repulsion and pedcc (default: the device's own)")
+    parser.add_argument("--optimiser-impl", choices=("auto", "simt", "tensor_core", "triton", "fastest"),
+                        default=None, help="force op implementation of repulsion and pedcc (default: the device's "
+                        "own; fastest: the quickest of the force section that agrees with torch)")
     parser.add_argument("--skip", choices=("force", "quality"), action="append", default=[])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -215,6 +237,9 @@ def main(argv=None):
     run.add_section(QUALITY)
     if "force" not in args.skip:
         run.measure("force", force_cases(args, device), force_unavailable, force_label)
+    if args.optimiser_impl == "fastest":
+        args.optimiser_impl = fastest_validated_impl(run.records)
+        print(f"optimiser impl: {args.optimiser_impl or 'the device default'} (fastest validated force impl)")
     if "quality" not in args.skip:
         run.measure("quality", quality_cases(args, device), quality_unavailable, quality_label,
                     runner=measure_quality)

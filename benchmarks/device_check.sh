@@ -10,15 +10,22 @@
 #   OUT=/some/dir benchmarks/device_check.sh          # on the GPU machine ($OUT must be set)
 #   benchmarks/device_check.sh --dry-run              # anywhere, CPU, tiny shapes, ~1 minute;
 #                                                      # $OUT defaults to a temporary folder
+#   benchmarks/device_check.sh --centroids-only       # a short GPU call (~4 min): the force-op tests
+#                                                      # and torch.compile tests, then bench_centroids
+#                                                      # with the implementations in $CENTROID_IMPLS
 # Environment: PYTHON (default python3), CUDA_HOME (default /usr/local/cuda), DEVICE_CHECK_BUDGET_S
-# (total seconds, default 570 on a GPU, 240 in a dry run). Exit status 1 when a step failed.
+# (total seconds, default 570 on a GPU, 240 in a dry run, 250 with --centroids-only), CENTROID_IMPLS
+# (force implementations to time, default all), REPULSION_TIME_LIMIT (seconds, default 100).
+# Exit status 1 when a step failed.
 set -u -o pipefail
 
 DRY_RUN=0
+CENTROIDS_ONLY=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --centroids-only) CENTROIDS_ONLY=1 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -31,6 +38,7 @@ if [ "$DRY_RUN" = 1 ]; then
 else
     if [ -z "${OUT:-}" ]; then echo "set OUT to the folder for results (or use --dry-run)" >&2; exit 2; fi
     BUDGET=${DEVICE_CHECK_BUDGET_S:-570}
+    [ "$CENTROIDS_ONLY" = 1 ] && BUDGET=${DEVICE_CHECK_BUDGET_S:-250}
 fi
 if [ "$DRY_RUN" = 0 ]; then
     export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
@@ -122,24 +130,36 @@ else
                          import sys; sys.exit(0 if _ext.has_cuda_kernels() else 1)'"
 fi
 
-# 4. Tests. First the CUDA force kernels against the CPU op: the centroid benchmark's optimiser runs
-# on the tensor-core kernel only if this passes. Then the whole suite on the GPU (the dry run only
-# collects it, which imports every test file), on several processes so that Triton compiles in
-# parallel, each test with a time limit.
+# 4. Tests. First the force kernels (CUDA and Triton) against the CPU op and float64: only if they
+# pass does the centroid benchmark's optimiser take the fastest force impl that agrees with torch
+# (else the SIMT kernel). Then the rest of the suite on the GPU (the dry run only collects it, which
+# imports every test file), on several processes so that Triton compiles in parallel, each test with
+# a time limit.
 OPTIMISER_IMPL=simt
 if [ "$DRY_RUN" = 1 ]; then
     skip_step cuda_op "dry run: no CUDA kernels"
     step tests 90 120 "$PY" -m pytest python_tests --collect-only -q -p no:cacheprovider
 else
-    step cuda_op 90 250 "$PY" -m pytest python_tests/test_nbody.py -q -p no:cacheprovider -k "test_cuda_"
-    grep -q "^cuda_op  *ok " "$WORK/steps" && OPTIMISER_IMPL=tensor_core
-    echo "== the optimiser of the quality benchmark uses impl=$OPTIMISER_IMPL"
+    # The force-op tests in parallel processes (Triton compiles one kernel per potential and width).
     PARALLEL=()
     "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8)
     "$PY" -c "import pytest_timeout" 2>/dev/null && PARALLEL+=(--timeout 150)
-    # Autotuning every (d, dtype) the tests touch would eat the test step's time; the benchmarks tune.
-    PEDCC_TRITON_AUTOTUNE=0 step tests 150 250 "$PY" -m pytest python_tests -q -p no:cacheprovider -rfE \
-        "${PARALLEL[@]}" --ignore=python_tests/test_benchmarks.py -k "not test_cuda_"
+    OP_TESTS=(python_tests/test_nbody.py python_tests/test_nbody_triton.py)
+    [ "$CENTROIDS_ONLY" = 1 ] && OP_TESTS+=(python_tests/test_compile.py)
+    OP_RESERVE=250
+    [ "$CENTROIDS_ONLY" = 1 ] && OP_RESERVE=140
+    PEDCC_TRITON_AUTOTUNE=0 step cuda_op 90 "$OP_RESERVE" "$PY" -m pytest "${OP_TESTS[@]}" -q -p no:cacheprovider -rfE \
+        "${PARALLEL[@]}"
+    grep -q "^cuda_op  *ok " "$WORK/steps" && OPTIMISER_IMPL=fastest
+    echo "== the optimiser of the quality benchmark uses impl=$OPTIMISER_IMPL"
+    if [ "$CENTROIDS_ONLY" = 1 ]; then
+        skip_step tests "--centroids-only"
+    else
+        # Autotuning every (d, dtype) the tests touch would eat the test step's time; the benchmarks tune.
+        PEDCC_TRITON_AUTOTUNE=0 step tests 150 250 "$PY" -m pytest python_tests -q -p no:cacheprovider -rfE \
+            "${PARALLEL[@]}" --ignore=python_tests/test_benchmarks.py --ignore=python_tests/test_nbody.py \
+            --ignore=python_tests/test_nbody_triton.py
+    fi
 fi
 
 # 5. Benchmarks; each gets a time budget inside its step's limit so that it writes its results.
@@ -148,16 +168,25 @@ BENCH_ARGS=(--out-dir "$OUT")
 if [ "$DRY_RUN" = 1 ]; then BENCH_ARGS+=(--dry-run); else BENCH_ARGS+=(--device cuda); fi
 # A benchmark stops starting cases after its --budget-s and then needs some seconds to finish.
 bench_budget() { local b=$(( $1 * 3 / 4 - 10 )); (( b < 10 )) && b=10; echo $b; }
-# The centroids take about 40 s of forces, 100 s of repulsion and the baselines; the loss keeps >= 100 s.
-CENTROID_CAP=$(( $(remaining) - 100 ))
-(( CENTROID_CAP > 200 )) && CENTROID_CAP=200
+# The centroids take about 60 s of forces, the repulsion run and the baselines; the loss keeps >= 100 s.
+if [ "$CENTROIDS_ONLY" = 1 ]; then
+    CENTROID_CAP=$(( $(remaining) - 8 ))
+else
+    CENTROID_CAP=$(( $(remaining) - 100 ))
+    (( CENTROID_CAP > 200 )) && CENTROID_CAP=200
+fi
 # The H100 goal for (100000, 512) is a time (under 2 minutes): repulsion returns its best after 100 s.
 CENTROID_ARGS=()
-[ "$DRY_RUN" = 1 ] || CENTROID_ARGS=(--repulsion-time-limit 100 --optimiser-impl "$OPTIMISER_IMPL")
-step bench_centroids "$CENTROID_CAP" 60 "$PY" benchmarks/bench_centroids.py "${BENCH_ARGS[@]}" "${CENTROID_ARGS[@]}" \
+[ "$DRY_RUN" = 1 ] || CENTROID_ARGS=(--repulsion-time-limit "${REPULSION_TIME_LIMIT:-100}" --optimiser-impl "$OPTIMISER_IMPL")
+[ -n "${CENTROID_IMPLS:-}" ] && CENTROID_ARGS+=(--impls $CENTROID_IMPLS)
+step bench_centroids "$CENTROID_CAP" 5 "$PY" benchmarks/bench_centroids.py "${BENCH_ARGS[@]}" "${CENTROID_ARGS[@]}" \
     --budget-s "$(( CENTROID_CAP > 100 ? CENTROID_CAP - 50 : CENTROID_CAP / 2 ))"
-LOSS_CAP=$(( $(remaining) - 15 ))
-step bench_loss "$LOSS_CAP" 15 "$PY" benchmarks/bench_loss.py "${BENCH_ARGS[@]}" --budget-s "$(bench_budget "$LOSS_CAP")"
+if [ "$CENTROIDS_ONLY" = 1 ]; then
+    skip_step bench_loss "--centroids-only"
+else
+    LOSS_CAP=$(( $(remaining) - 15 ))
+    step bench_loss "$LOSS_CAP" 15 "$PY" benchmarks/bench_loss.py "${BENCH_ARGS[@]}" --budget-s "$(bench_budget "$LOSS_CAP")"
+fi
 
 # 6. Tables from whatever JSON was written.
 if ls "$OUT"/*.json >/dev/null 2>&1; then

@@ -6,6 +6,7 @@ as the cross-check of the tests and as the cuBLAS baseline of the GPU benchmark.
 """
 import functools
 import math
+import os
 
 import torch
 
@@ -13,7 +14,7 @@ from . import _ext
 from ._validate import check_int, check_scalar
 
 POTENTIALS = ("coulomb", "riesz", "lse", "hinge")
-IMPLS = ("auto", "simt", "tensor_core")
+IMPLS = ("auto", "simt", "tensor_core", "triton")
 # Mirrors csrc/nbody.h: r^2 floor of coulomb/riesz, exponent cap and float32 floor of lse.
 MIN_SQUARED_DISTANCE = 1e-6
 LSE_EXPONENT_CAP = 60.0
@@ -60,7 +61,8 @@ def nbody_forces(points, potential="coulomb", param=1.0, impl="auto", shift=0.0)
         impl: 'auto' (= 'simt': float32/float64 products) or 'tensor_core': on CUDA tf32 operands
             with fp32 accumulation, on CPU bf16 operands (oneDNN, fp32 accumulation); the cosines
             then carry about 3 significant digits, the weights and the projection stay in the
-            dtype of points.
+            dtype of points. 'triton': the Triton kernel (kernels/nbody_sweep.py; float32 CUDA
+            tensors, or any device under TRITON_INTERPRET=1), bf16 operands, fp32 accumulation.
         shift: 'lse' only (else it must be 0): subtracted from the cosine in the exponent. Aiming
             at the largest cosine with a small temperature, pass (an estimate of) that cosine, so
             the weights that matter stay near 1 instead of overflowing.
@@ -70,13 +72,27 @@ def nbody_forces(points, potential="coulomb", param=1.0, impl="auto", shift=0.0)
         max_cos (C,) = max_{j != i} x_i.x_j (-inf when C == 1),
         energy (C,) = sum_{j != i} phi(x_i.x_j); all in the dtype of points.
     """
-    allowed = (torch.float32,) if getattr(points, "is_cuda", False) else (torch.float32, torch.float64)
-    _check_points(points, allowed)
-    _check_potential(potential, param, shift)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    on_cuda = getattr(points, "is_cuda", False)
+    allowed = (torch.float32,) if on_cuda or impl == "triton" else (torch.float32, torch.float64)
+    _check_points(points, allowed)
+    _check_potential(potential, param, shift)
+    if impl == "triton":
+        if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"impl='triton' needs CUDA points (or TRITON_INTERPRET=1), got {points.device}")
+        return _triton_forces()(points, potential, float(param), float(shift))
     ops = _ext.require(points.device.type)
     return ops.nbody_forces(points, potential, float(param), impl, float(shift))
+
+
+def _triton_forces():
+    """The Triton op, or a RuntimeError saying why it cannot run here."""
+    try:
+        from .kernels.nbody_sweep import nbody_forces_triton
+    except ImportError as exc:
+        raise RuntimeError(f"impl='triton' needs triton installed ({exc})") from exc
+    return nbody_forces_triton
 
 
 def pair_potential_torch(potential, param, cos, shift=0.0):
@@ -146,6 +162,8 @@ def force_engine(device, prefer_compiled=True, impl="auto"):
     built for that device type, else `nbody_forces_torch`. Returns (callable, name); the callable
     takes (points, potential, param, shift=0.0)."""
     device = torch.device(device)
+    if impl == "triton":
+        return functools.partial(nbody_forces, impl=impl), "triton"
     if prefer_compiled and _ext.available() and (device.type == "cpu" or
                                                  (device.type == "cuda" and _ext.has_cuda_kernels())):
         return (nbody_forces, "op") if impl == "auto" else (functools.partial(nbody_forces, impl=impl), "op")

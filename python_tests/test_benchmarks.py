@@ -214,3 +214,15 @@ def test_quality_benchmark_runs_what_generate_centroids_runs(method):
     assert report["iterations"] == 12 and seconds > 0
     trajectory = report["trajectory"]
     assert trajectory[-1][0] == 12 and all(a[0] < b[0] for a, b in zip(trajectory, trajectory[1:]))
+
+
+def test_fastest_validated_force_impl_needs_agreement_with_torch():
+    bench = harness.load_script(os.path.join(BENCH, "bench_centroids.py"))
+    rec = lambda impl, c, ms, diff: dict(section="force", status="ok", impl=impl, C=c, time_ms=ms,  # noqa: E731
+                                          check_rel_diff=diff)
+    records = [rec("simt", 100, 5.0, 1e-7), rec("tensor_core", 100, 1.0, 0.5), rec("triton", 100, 2.0, 1e-3),
+               rec("torch", 100, 3.0, 0.0), rec("simt", 10, 0.1, 1e-7),
+               dict(section="force", status="error", impl="op_bf16", C=100)]
+    assert bench.fastest_validated_impl(records) == "triton"  # tensor_core is faster but disagrees
+    assert bench.fastest_validated_impl([rec("op_bf16", 100, 1.0, 1e-3)]) == "tensor_core"
+    assert bench.fastest_validated_impl([rec("torch", 100, 1.0, 0.0)]) is None
