@@ -163,7 +163,7 @@ def generate(p):
             result = charge_model(points, max_iters=p["max_iters"] or ITERATIVE_MAX_ITERS["pedcc"],
                                   impl=p.get("impl"))
         points = result.points
-        report = {"iterations": result.iterations, "stop_reason": result.stop_reason,
+        report = {"iterations": result.iterations, "stop_reason": result.stop_reason, "engine": result.engine,
                   "trajectory": thinned_history(result.history, result.seconds)}
     sync()
     return points, time.perf_counter() - start, report

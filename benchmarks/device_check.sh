@@ -122,7 +122,9 @@ else
     WHEEL_INCLUDES=$("$PY" -c 'import glob, os, sys; print(":".join(sorted(glob.glob(os.path.join(
         os.path.dirname(os.__file__), "site-packages", "nvidia", "*", "include")) + glob.glob(os.path.join(
         sys.prefix, "lib", "python3*", "site-packages", "nvidia", "*", "include")))))' 2>/dev/null)
-    step build 240 300 env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
+    BUILD_RESERVE=300
+    [ "$CENTROIDS_ONLY" = 1 ] && BUILD_RESERVE=150
+    step build 240 "$BUILD_RESERVE" env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
         WHEEL_INCLUDES="$WHEEL_INCLUDES" \
         bash -c "$PY -m pip install --no-build-isolation --no-deps -e . \
                  || CPATH=\"\${CPATH:+\$CPATH:}\$WHEEL_INCLUDES\" $PY setup.py build_ext --inplace; \

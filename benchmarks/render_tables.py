@@ -32,7 +32,7 @@ COLUMNS = {
     "quality": [("C", "C", "{}"), ("d", "d", "{}"), ("method", "method", "{}"), ("max cos", "max_cos", "{:.4f}"),
                 ("bound", "bound", "{:.4f}"), ("min dist", "min_dist", "{:.4f}"), ("time (s)", "time_s", "{:.3g}"),
                 ("iterations", "iterations", "{}"), ("cap", "max_iters", "{}"), ("stopped by", "stop_reason", "{}"),
-                ("force impl", "impl", "{}")],
+                ("force impl", "impl", "{}"), ("engine", "engine", "{}")],
 }
 LEGEND = {
     "loss": "time: median of the repeats of forward + backward; extra mem: peak minus inputs; × ref: ratio "
@@ -43,7 +43,9 @@ LEGEND = {
     "force": "one evaluation of the N-body forces; × torch: ratio to chunked torch matmuls on the same shape; "
              "TFLOP/s: 4·C²·d over the time; rel. diff: of the force norm and max cos against torch.",
     "quality": "max cos: largest cosine between two centroids (lower is better); bound: best known lower "
-               "bound on it; time: generation wall time.",
+               "bound on it; time: generation wall time; force impl: the impl asked for (- : the device's "
+               "default); engine: the force function that ran (op:<impl>, triton, or torch when the "
+               "extension was missing).",
 }
 
 

@@ -157,14 +157,34 @@ def nbody_forces_torch(points, potential="coulomb", param=1.0, chunk=None, shift
     return forces, max_cos, energy
 
 
+def default_impl(device):
+    """The force implementation the optimisers use on `device` when none is named: on CPU the op's
+    bf16-operand 'tensor_core' (1.7x its fp32 rate at C=5000, d=512 on the 2-core CPU of
+    benchmarks/results); on CUDA the Triton kernel when triton is installed (6.9x chunked cuBLAS fp32
+    at C=100000, d=512 on an H200, matching it to 1e-4), else the SIMT kernel (the tensor-core CUDA
+    kernel matched the CPU op there but ran 2.5x slower than SIMT)."""
+    if torch.device(device).type == "cpu":
+        return "tensor_core"
+    return "triton" if _triton_installed() else "simt"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_installed():
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 def force_engine(device, prefer_compiled=True, impl="auto"):
-    """The force function the optimisers call on `device`: the compiled op (with `impl`) when it is
-    built for that device type, else `nbody_forces_torch`. Returns (callable, name); the callable
-    takes (points, potential, param, shift=0.0)."""
+    """The force function the optimisers call on `device`: the Triton kernel for impl='triton', else
+    the compiled op (with `impl`) when it is built for that device type, else `nbody_forces_torch`.
+    Returns (callable, name), name one of 'triton', 'op:<impl>', 'torch' (what actually runs); the
+    callable takes (points, potential, param, shift=0.0)."""
     device = torch.device(device)
     if impl == "triton":
         return functools.partial(nbody_forces, impl=impl), "triton"
     if prefer_compiled and _ext.available() and (device.type == "cpu" or
                                                  (device.type == "cuda" and _ext.has_cuda_kernels())):
-        return (nbody_forces, "op") if impl == "auto" else (functools.partial(nbody_forces, impl=impl), "op")
+        engine = nbody_forces if impl == "auto" else functools.partial(nbody_forces, impl=impl)
+        return engine, f"op:{impl}"
     return nbody_forces_torch, "torch"

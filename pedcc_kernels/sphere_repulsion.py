@@ -20,18 +20,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .nbody import force_engine
+from .nbody import default_impl, force_engine
 
 
 @dataclass
 class OptimiserResult:
     """points: (C, d) float32 unit rows (the best iterate for `repulsion`, the last for the charge
-    model); history: largest cosine at each evaluated iterate; iterations; seconds; stop_reason."""
+    model); history: largest cosine at each evaluated iterate; iterations; seconds; stop_reason;
+    engine: the force function that ran (force_engine's name, or 'custom')."""
     points: torch.Tensor
     history: list = field(default_factory=list)
     iterations: int = 0
     seconds: float = 0.0
     stop_reason: str = ""
+    engine: str = ""
 
 
 class Progress:
@@ -73,6 +75,16 @@ def _as_master(points):
     return torch.nn.functional.normalize(points.detach().to(torch.float32), dim=1).contiguous()
 
 
+def _engine(device, impl, engine, cpu_default=None):
+    """(force function, its name): `engine` itself when given, else force_engine with `impl` (None:
+    cpu_default on a CPU if given, else default_impl of the device)."""
+    if engine is not None:
+        return engine, "custom"
+    if impl is None:
+        impl = cpu_default if cpu_default and torch.device(device).type == "cpu" else default_impl(device)
+    return force_engine(device, impl=impl)
+
+
 def _tangent_step(x, direction, lr):
     """x <- normalise(x + lr * direction): a retraction of the tangent step onto the sphere."""
     x.add_(direction, alpha=lr)
@@ -104,9 +116,8 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 9
         growth, window: beta *= growth after `window` iterations without a new best.
         patience: iterations without a new best at the last beta before stopping.
         time_limit: seconds, or None.
-        impl: the op's implementation; None picks 'tensor_core' on CPU (bf16 operands: 1.7x the
-            fp32 op's rate at C=5000, d=512 on the 2-core CPU this was tuned on, see
-            benchmarks/results) and 'simt' on CUDA (the tensor-core kernel waits for a GPU validation).
+        impl: the force implementation ('auto', 'simt', 'tensor_core', 'triton'); None picks
+            nbody.default_impl(device): the bf16-operand op on CPU, the Triton kernel on CUDA.
         progress: show a progress bar (iteration, largest cosine, time).
         engine: force function (points, potential, param, shift=...) -> (forces, max_cos, energy);
             default the compiled op for the device with `impl`, else the chunked torch version.
@@ -122,10 +133,7 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 9
         raise ValueError(f"sharpness must be (first, last) with 0 < first <= last, got {sharpness}")
     if not growth > 1 or window < 1 or patience < 1:
         raise ValueError(f"need growth > 1, window >= 1, patience >= 1, got {growth}, {window}, {patience}")
-    if engine is None:
-        if impl is None:
-            impl = "tensor_core" if x.device.type == "cpu" else "simt"
-        engine = force_engine(x.device, impl=impl)[0]
+    engine, engine_name = _engine(x.device, impl, engine)
     beta = sharpness[0] * math.sqrt(d)
     beta_last = sharpness[1] * math.sqrt(d)
     velocity = torch.zeros_like(x)
@@ -167,7 +175,7 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 9
         _tangent_step(x, velocity, lr / beta)
         velocity.sub_((velocity * x).sum(dim=1, keepdim=True) * x)
     bar.close()
-    return OptimiserResult(best_points, history, iteration, time.perf_counter() - start, reason)
+    return OptimiserResult(best_points, history, iteration, time.perf_counter() - start, reason, engine_name)
 
 
 @torch.no_grad()
@@ -183,14 +191,15 @@ def charge_model(points, *, max_iters=200, step=None, impl=None, progress=False,
         points: (C, d) float tensor, the start.
         max_iters: iterations (the model has no stopping rule of its own).
         step: G; default 1/(C-1).
-        impl, progress, engine: as for `repulsion` (impl None: the op's 'auto').
+        impl, progress, engine: as for `repulsion`, except that impl=None on a CPU is the fp32 op.
 
     Returns:
         OptimiserResult with the last point set (float32).
     """
     x = _as_master(points)
     c = x.shape[0]
-    engine = engine or force_engine(x.device, impl=impl or "auto")[0]
+    # On CPU the baseline keeps fp32 products (its committed figures were measured so).
+    engine, engine_name = _engine(x.device, impl, engine, cpu_default="auto")
     g = step if step is not None else 1.0 / max(1, c - 1)
     velocity = torch.zeros_like(x)
     maxima = []  # device scalars: no host sync per iteration unless a progress bar shows them
@@ -207,4 +216,4 @@ def charge_model(points, *, max_iters=200, step=None, impl=None, progress=False,
         velocity.add_(forces, alpha=g)
     bar.close()
     history = torch.stack(maxima).tolist()
-    return OptimiserResult(x, history, max_iters, time.perf_counter() - start, "max_iters")
+    return OptimiserResult(x, history, max_iters, time.perf_counter() - start, "max_iters", engine_name)

@@ -211,7 +211,7 @@ def test_quality_benchmark_runs_what_generate_centroids_runs(method):
     points, seconds, report = bench.generate(params)
     expected = pk.generate_centroids(40, 6, method=method, seed=5, max_iters=12)
     torch.testing.assert_close(points, expected, rtol=0, atol=1e-6)
-    assert report["iterations"] == 12 and seconds > 0
+    assert report["iterations"] == 12 and seconds > 0 and report["engine"]
     trajectory = report["trajectory"]
     assert trajectory[-1][0] == 12 and all(a[0] < b[0] for a, b in zip(trajectory, trajectory[1:]))
 

@@ -316,3 +316,18 @@ def test_cli_help_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         cli.centroids_main(["--classes", "5000", "--dim", "64", "-o", str(tmp_path / "c.csv"), "--no-progress"])
     assert info.value.code == 2 and "unsupported" in capsys.readouterr().err
+
+
+def test_default_force_impl_per_device(monkeypatch):
+    from pedcc_kernels import _ext, nbody
+
+    assert nbody.default_impl("cpu") == "tensor_core"
+    monkeypatch.setattr(nbody, "_triton_installed", lambda: True)
+    assert nbody.default_impl("cuda") == "triton"
+    monkeypatch.setattr(nbody, "_triton_installed", lambda: False)
+    assert nbody.default_impl("cuda") == "simt"
+    start = random_centroids(30, 4, torch.Generator().manual_seed(1))
+    expected = "op:tensor_core" if _ext.available() else "torch"
+    assert repulsion(start, max_iters=2).engine == expected
+    assert charge_model(start, max_iters=2).engine == ("op:auto" if _ext.available() else "torch")
+    assert repulsion(start, max_iters=2, engine=nbody.nbody_forces_torch).engine == "custom"

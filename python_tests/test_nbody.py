@@ -211,6 +211,7 @@ def test_op_registration_passes_opcheck(args, dtype):
     torch.library.opcheck(torch.ops.pedcc.nbody_forces.default, (points, *args))
 
 
+@needs_ext
 def test_missing_cuda_kernels_explain_how_to_build(monkeypatch):
     monkeypatch.setattr(_ext, "has_cuda_kernels", lambda: False)
     with pytest.raises(RuntimeError, match="TORCH_CUDA_ARCH_LIST"):
