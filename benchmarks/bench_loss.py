@@ -176,6 +176,7 @@ def make_case(p):
         clear()
 
     direction = torch.randn(n, d, generator=gen).to(device=device, dtype=torch.float32)
+    direction /= direction.norm()  # unit: the harness measures grad_x_dot against grad_x_norm
 
     def check():
         clear()

@@ -471,7 +471,12 @@ class Run:
                         ref = base["check"].get(key)
                         if value is None or ref is None:
                             continue
-                        diffs.append(abs(value - ref) / max(abs(ref), 1e-12))
+                        # '<g>_dot' (a gradient's dot with a unit direction) can be near 0 by chance:
+                        # its difference is measured against the gradient's norm '<g>_norm' instead.
+                        scale = abs(ref)
+                        if key.endswith("_dot"):
+                            scale = max(scale, abs(base["check"].get(key[:-4] + "_norm") or 0.0))
+                        diffs.append(abs(value - ref) / max(scale, 1e-12))
                     r["check_rel_diff"] = max(diffs) if diffs else None
 
     def document(self) -> dict:

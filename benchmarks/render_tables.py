@@ -103,6 +103,8 @@ def ordered(rows, section):
 def render_document(doc, summary=False) -> str:
     """Markdown for one result file: a heading with machine and date, then one table per section."""
     parts = [f"#### {doc['benchmark']}: {describe(doc)}"]
+    if doc.get("note"):  # added to a committed file by hand: how the run came about, what went wrong
+        parts.append(f"> {doc['note']}")
     for name, section in doc["sections"].items():
         rows = [r for r in doc["results"] if r["section"] == name]
         measured = [r for r in rows if r["status"] == "ok"]

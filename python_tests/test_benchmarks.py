@@ -165,6 +165,17 @@ def test_ratios_against_the_baseline_of_the_same_shape(tmp_path):
         assert len(json.load(f)["results"]) == 3  # written after every case
 
 
+def test_a_dot_check_is_measured_against_its_norm(tmp_path):
+    """A gradient's dot with a unit direction can be near 0 by chance; its difference counts relative
+    to the gradient's norm, not to the tiny dot."""
+    run = make_run(tmp_path)
+    run.add_record("s", {"impl": "ref", "C": 8, "d": 4, "same_math": True},
+                   {"status": "ok", "time_ms": 1.0, "check": {"g_norm": 2.0, "g_dot": 0.001}})
+    run.add_record("s", {"impl": "fast", "C": 8, "d": 4, "same_math": True},
+                   {"status": "ok", "time_ms": 1.0, "check": {"g_norm": 2.0, "g_dot": 0.003}})
+    assert run.records[1]["check_rel_diff"] == pytest.approx(1e-3)
+
+
 def test_time_budget_skips_the_remaining_cases_with_a_reason(tmp_path):
     run = make_run(tmp_path, budget_s=0.0)
     calls = []
