@@ -31,7 +31,7 @@ FASTEST_MAX_REL_DIFF = 2e-2
 # Bench names of the op's impl argument ('op_bf16': the CPU's 'tensor_core', bf16 operands).
 OP_IMPL = {"op": "auto", "op_bf16": "tensor_core"}
 # repulsion before pedcc: if a step's time limit cuts the run short, the method with targets is measured
-QUALITY_METHODS = ("random", "repulsion", "pedcc")
+QUALITY_METHODS = ("random", "code", "repulsion", "pedcc")
 # The authors' generator runs a fixed 200 iterations; where one iteration costs seconds (C=10000 on
 # two CPU cores) fewer are run, and the cap is printed with the result.
 PEDCC_ITERS = {(1000, 64): 200, (2000, 128): 200, (10000, 512): 30, (100000, 512): 50}
@@ -65,8 +65,9 @@ def quality_cases(args, device):
     else:
         shapes = [(1000, 64), (2000, 128), (10000, 512)]
     cases = []
+    methods = [m for m in QUALITY_METHODS if not args.methods or m in args.methods]
     for c, d in shapes:
-        for method in QUALITY_METHODS:
+        for method in methods:
             if method == "pedcc":
                 cap = args.pedcc_iters or (10 if args.dry_run else PEDCC_ITERS.get((c, d), 200))
             elif method == "repulsion":
@@ -105,7 +106,11 @@ def force_unavailable(p):
 
 
 def quality_unavailable(p):
-    return None  # every method runs everywhere
+    from pedcc_kernels.binary_codes import code_capacity
+
+    if p["method"] == "code" and p["C"] > code_capacity(p["d"]):
+        return f"the binary code holds {code_capacity(p['d'])} classes in d={p['d']}"
+    return None
 
 
 def make_case(p):
@@ -153,7 +158,8 @@ def generate(p):
     sync = torch.cuda.synchronize if p["device"] == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
-    points = pk.generate_centroids(p["C"], p["d"], method="random", seed=p["seed"], device=p["device"])
+    direct = p["method"] if p["method"] in ("random", "code") else "random"  # the optimisers start random
+    points = pk.generate_centroids(p["C"], p["d"], method=direct, seed=p["seed"], device=p["device"])
     report = {}
     if p["method"] in ("repulsion", "pedcc"):
         if p["method"] == "repulsion":
@@ -215,6 +221,7 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, default=None,
                         help="rows per chunk of the torch version (default: its own, a block near 32 MB)")
     parser.add_argument("--quality", nargs="+", metavar="C:d", help="override the quality shapes")
+    parser.add_argument("--methods", nargs="+", choices=QUALITY_METHODS, help="only these quality methods")
     parser.add_argument("--pedcc-iters", type=int, default=None, help="iteration cap of method='pedcc'")
     parser.add_argument("--repulsion-iters", type=int, default=None, help="iteration cap of method='repulsion'")
     parser.add_argument("--repulsion-time-limit", type=float, default=None,

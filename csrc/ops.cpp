@@ -69,8 +69,9 @@ int parse_potential(c10::string_view name, double param, double shift) {
   return -1;
 }
 
-// 'auto' is the SIMT kernel: the tensor-core kernel becomes the default only once a GPU run has
-// matched it against the CPU op and shown it faster (benchmarks/device_check.sh records both).
+// 'auto' is the SIMT kernel: on an H200 (benchmarks/results, 2026-11-28) the tensor-core kernel
+// matched the CPU op but ran 2.5x slower than SIMT at C=100000, d=512, so it did not become the
+// default; the optimisers use the Triton kernel (pedcc_kernels/kernels/nbody_sweep.py) instead.
 // On CPU, 'tensor_core' runs both products with bf16 operands (oneDNN: AVX512-BF16/AMX where the
 // CPU has them; benchmarks/results has the op at 1.7x its fp32 rate on a 2-core AMD EPYC).
 int parse_impl(c10::string_view name) {

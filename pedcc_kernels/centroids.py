@@ -4,13 +4,14 @@ import math
 
 import torch
 
+from .binary_codes import code_capacity, gold_code_centroids
 from ._validate import FLOAT_DTYPES, check_float_matrix, check_int, check_scalar
 from .nbody import IMPLS
 from .reference import normalize_rows
 from .sphere_repulsion import charge_model, repulsion
 from .spherical_bounds import max_cos_lower_bound
 
-METHODS = ("auto", "simplex", "orthoplex", "repulsion", "pedcc", "random")
+METHODS = ("auto", "simplex", "orthoplex", "repulsion", "pedcc", "code", "random")
 ITERATIVE_MAX_ITERS = {"repulsion": 3000, "pedcc": 200}
 # Rows per block of the chunked statistics: the (rows x C) Gram block stays near this many bytes.
 STATS_BLOCK_BYTES = 64 << 20
@@ -52,14 +53,24 @@ def random_centroids(num_classes, dim, generator):
     return normalize_rows(torch.randn(num_classes, dim, dtype=torch.float32, generator=generator))
 
 
+# Above this many classes 'auto' takes the binary code where it holds them: the optimiser's O(C^2 d)
+# iterations stop paying. At C=10000, d=512 repulsion beats the code (max cos 0.0533 against 0.0607,
+# after 437 s on a 2-core CPU); at C=100000 it was still at 0.12-0.14 after 25-103 s on an H200
+# (benchmarks/results), where the code gives 0.0607 in about a second.
+CODE_ABOVE = 20000
+
+
 def resolve_method(method, num_classes, dim):
-    """The concrete method 'auto' stands for: simplex (C <= d+1), orthoplex (C <= 2d), repulsion."""
+    """The concrete method 'auto' stands for: simplex (C <= d+1), orthoplex (C <= 2d), the binary
+    code for C > CODE_ABOVE when it holds C classes in dim, repulsion otherwise."""
     if method != "auto":
         return method
     if num_classes <= dim + 1:
         return "simplex"
     if num_classes <= 2 * dim:
         return "orthoplex"
+    if CODE_ABOVE < num_classes <= code_capacity(dim):
+        return "code"
     return "repulsion"
 
 
@@ -69,10 +80,14 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
 
     Args:
         num_classes: C >= 1; dim: d >= 1.
-        method: 'auto' (simplex for C <= d+1, orthoplex for C <= 2d, repulsion beyond), 'simplex',
+        method: 'auto' (simplex for C <= d+1, orthoplex for C <= 2d, beyond that the binary code
+            for C > 20000 where it holds C classes (dim >= 511: up to 262144), else repulsion), 'simplex',
             'orthoplex' (closed forms, optimal, randomly rotated), 'repulsion' (N-body optimiser
             aimed at the largest cosine, stops when it stops improving), 'pedcc' (the authors'
-            charge model, a fixed number of iterations), 'random' (normalised Gaussian).
+            charge model, a fixed number of iterations), 'code' (a binary code: up to 4^m classes
+            for the largest odd m with 2^m - 1 <= dim, max cos (2^((m+1)/2) - 1)/(2^m - 1), e.g.
+            262144 classes at 0.0607 in dim 511 or 512, no iterations; see binary_codes.py),
+            'random' (normalised Gaussian).
         seed: the same seed gives the same centroids (on the same device and thread count: the
             iterative methods amplify rounding differences between BLAS builds).
         device: where the iterative methods run and the result lives (default CPU).
@@ -110,6 +125,8 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
         points = simplex_centroids(num_classes, dim, generator)
     elif method == "orthoplex":
         points = orthoplex_centroids(num_classes, dim, generator)
+    elif method == "code":
+        points = gold_code_centroids(num_classes, dim, generator)
     else:
         points = random_centroids(num_classes, dim, generator)
         if method in ITERATIVE_MAX_ITERS:

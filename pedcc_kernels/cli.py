@@ -24,7 +24,8 @@ def centroids_parser():
     parser.add_argument("--output", "-o", required=True,
                         help="output file: .pt, .npy (metadata in FILE.npy.json) or .safetensors")
     parser.add_argument("--method", default="auto", choices=METHODS,
-                        help="auto: simplex (C <= d+1), orthoplex (C <= 2d), repulsion beyond (default)")
+                        help="auto: simplex (C <= d+1), orthoplex (C <= 2d), beyond that the binary code for "
+                             "C > 20000 where it fits (dim >= 511), else repulsion (default)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     parser.add_argument("--max-iters", type=int, default=None,

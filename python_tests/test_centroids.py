@@ -116,6 +116,18 @@ def test_auto_uses_repulsion_beyond_two_d_and_beats_random():
     assert pk.centroid_stats(w)["max_cos"] < pk.centroid_stats(baseline)["max_cos"] - 0.15
 
 
+def test_auto_takes_the_code_only_for_many_classes_it_holds():
+    from pedcc_kernels.centroids import CODE_ABOVE, resolve_method
+
+    assert resolve_method("auto", 514, 512) == "orthoplex"
+    assert resolve_method("auto", CODE_ABOVE, 512) == "repulsion"
+    assert resolve_method("auto", CODE_ABOVE + 1, 512) == "code"
+    assert resolve_method("auto", 262144, 512) == "code"
+    assert resolve_method("auto", 262145, 512) == "repulsion"  # beyond the code's 4^9 words
+    assert resolve_method("auto", CODE_ABOVE + 1, 256) == "repulsion"  # m = 7 holds 16384
+    assert resolve_method("repulsion", CODE_ABOVE + 1, 512) == "repulsion"
+
+
 def test_charge_model_spreads_random_points():
     start = random_centroids(100, 16, torch.Generator().manual_seed(0))
     result = charge_model(start, max_iters=100)
@@ -123,9 +135,9 @@ def test_charge_model_spreads_random_points():
     assert np.mean(result.history[-10:]) < np.mean(result.history[:10]) - 0.1
 
 
-@pytest.mark.parametrize("method", ["simplex", "orthoplex", "repulsion", "pedcc", "random"])
+@pytest.mark.parametrize("method", ["simplex", "orthoplex", "repulsion", "pedcc", "code", "random"])
 def test_same_seed_same_centroids(method):
-    c, d = (5, 8) if method in ("simplex", "orthoplex") else (30, 4)
+    c, d = {"simplex": (5, 8), "orthoplex": (5, 8), "code": (30, 8)}.get(method, (30, 4))
     a = pk.generate_centroids(c, d, method=method, seed=11, max_iters=20)
     b = pk.generate_centroids(c, d, method=method, seed=11, max_iters=20)
     other = pk.generate_centroids(c, d, method=method, seed=12, max_iters=20)
@@ -134,7 +146,7 @@ def test_same_seed_same_centroids(method):
 
 
 def test_methods_and_dtypes_are_honoured():
-    assert set(METHODS) == {"auto", "simplex", "orthoplex", "repulsion", "pedcc", "random"}
+    assert set(METHODS) == {"auto", "simplex", "orthoplex", "repulsion", "pedcc", "code", "random"}
     w = pk.generate_centroids(30, 4, method="pedcc", max_iters=5, dtype=torch.float64)
     assert w.dtype == torch.float64 and w.shape == (30, 4)
 
