@@ -318,6 +318,20 @@ def test_cli_generates_and_saves(tmp_path, capsys):
     assert "max cosine" in printed and "lower bound" in printed
 
 
+def test_cli_code_method_and_impl(tmp_path, capsys):
+    out = tmp_path / "code.npy"
+    assert cli.centroids_main(["--classes", "600", "--dim", "40", "-o", str(out), "--method", "code",
+                               "--no-progress"]) == 0
+    w, meta = pk.load_centroids(out, with_meta=True)
+    assert meta["method"] == "code" and w.shape == (600, 40)
+    assert meta["stats"]["max_cos"] == pytest.approx(7 / 31, abs=1e-6)  # m = 5 in R^40
+    assert cli.centroids_main(["--classes", "30", "--dim", "5", "-o", str(tmp_path / "r.pt"), "--impl", "simt",
+                               "--max-iters", "5", "--no-progress"]) == 0
+    with pytest.raises(SystemExit) as info:
+        cli.centroids_main(["--classes", "30", "--dim", "5", "-o", str(tmp_path / "r.pt"), "--impl", "fast"])
+    assert info.value.code == 2 and "--impl" in capsys.readouterr().err
+
+
 def test_cli_help_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         cli.centroids_main(["--help"])
