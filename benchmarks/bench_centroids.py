@@ -27,7 +27,7 @@ from harness import Prepared, Run, Section, Unavailable, add_common_args, resolv
 
 FORCE_IMPLS = {"cpu": ("op", "op_bf16", "torch"), "cuda": ("simt", "tensor_core", "triton", "torch")}
 # --optimiser-impl fastest: the quickest impl at the largest C whose check values stay this close to torch's
-FASTEST_MAX_REL_DIFF = 2e-2
+FASTEST_MAX_REL_DIFF = 2e-3  # bf16/tf32 operands agreed to 1e-4 to 4e-4 on an H200
 # Bench names of the op's impl argument ('op_bf16': the CPU's 'tensor_core', bf16 operands).
 OP_IMPL = {"op": "auto", "op_bf16": "tensor_core"}
 # repulsion before pedcc: if a step's time limit cuts the run short, the method with targets is measured

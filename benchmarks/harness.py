@@ -469,7 +469,10 @@ class Run:
                     diffs = []
                     for key, value in r["check"].items():
                         ref = base["check"].get(key)
-                        if value is None or ref is None:
+                        if (value is None) != (ref is None):  # non-finite on one side only (stored as None)
+                            diffs.append(math.inf)
+                            continue
+                        if value is None:
                             continue
                         # '<g>_dot' (a gradient's dot with a unit direction) can be near 0 by chance:
                         # its difference is measured against the gradient's norm '<g>_norm' instead.
@@ -477,7 +480,9 @@ class Run:
                         if key.endswith("_dot"):
                             scale = max(scale, abs(base["check"].get(key[:-4] + "_norm") or 0.0))
                         diffs.append(abs(value - ref) / max(scale, 1e-12))
-                    r["check_rel_diff"] = max(diffs) if diffs else None
+                    # a non-finite difference (NaN or inf in either check) counts as the worst one
+                    r["check_rel_diff"] = (max(diffs) if all(math.isfinite(v) for v in diffs) else math.inf) \
+                        if diffs else None
 
     def document(self) -> dict:
         return {

@@ -56,7 +56,7 @@ def random_centroids(num_classes, dim, generator):
 # Above this many classes 'auto' takes the binary code where it holds them: the optimiser's O(C^2 d)
 # iterations stop paying. At C=10000, d=512 repulsion beats the code (max cos 0.0533 against 0.0607,
 # after 437 s on a 2-core CPU); at C=100000 it was still at 0.12-0.14 after 25-103 s on an H200
-# (benchmarks/results), where the code gives 0.0607 in about a second.
+# (benchmarks/results), where the code gives 0.0607 in 0.66 s on the 2-core CPU.
 CODE_ABOVE = 20000
 
 
@@ -96,8 +96,8 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
             'repulsion', 200 for 'pedcc' as in the authors' code).
         time_limit: seconds after which 'repulsion' returns its best point set so far (None: run
             until it converges or reaches max_iters).
-        impl: the force op's implementation for the iterative methods ('simt', 'tensor_core',
-            'auto'; see `nbody_forces`); None: the device's default (`repulsion` documents it).
+        impl: the force implementation of the iterative methods ('auto', 'simt', 'tensor_core',
+            'triton'; see `nbody_forces`); None: nbody.default_impl of the device.
         progress: show a progress bar (iteration, largest cosine, time) for the iterative methods.
 
     Returns:
@@ -126,7 +126,7 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
     elif method == "orthoplex":
         points = orthoplex_centroids(num_classes, dim, generator)
     elif method == "code":
-        points = gold_code_centroids(num_classes, dim, generator)
+        points = gold_code_centroids(num_classes, dim, generator, dtype=torch.promote_types(torch.float32, dtype))
     else:
         points = random_centroids(num_classes, dim, generator)
         if method in ITERATIVE_MAX_ITERS:

@@ -165,6 +165,17 @@ def test_ratios_against_the_baseline_of_the_same_shape(tmp_path):
         assert len(json.load(f)["results"]) == 3  # written after every case
 
 
+def test_a_non_finite_check_counts_as_the_worst_difference(tmp_path):
+    run = make_run(tmp_path)
+    run.add_record("s", {"impl": "ref", "C": 8, "d": 4, "same_math": True},
+                   {"status": "ok", "time_ms": 1.0, "check": {"loss": 2.0, "energy": 1.0}})
+    run.add_record("s", {"impl": "fast", "C": 8, "d": 4, "same_math": True},
+                   {"status": "ok", "time_ms": 1.0, "check": {"loss": 2.0, "energy": None}})  # NaN, sanitised
+    assert run.records[1]["check_rel_diff"] == float("inf")
+    bench = harness.load_script(os.path.join(BENCH, "bench_centroids.py"))
+    assert bench.fastest_validated_impl([dict(run.records[1], section="force")]) is None
+
+
 def test_a_dot_check_is_measured_against_its_norm(tmp_path):
     """A gradient's dot with a unit direction can be near 0 by chance; its difference counts relative
     to the gradient's norm, not to the tiny dot."""

@@ -349,7 +349,11 @@ def test_default_force_impl_per_device(monkeypatch):
 
     assert nbody.default_impl("cpu") == "tensor_core"
     monkeypatch.setattr(nbody, "_triton_installed", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert nbody.default_impl("cuda") == "triton"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert nbody.default_impl("cuda") == "simt"  # no bf16 tensor cores for the Triton kernel
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(nbody, "_triton_installed", lambda: False)
     assert nbody.default_impl("cuda") == "simt"
     start = random_centroids(30, 4, torch.Generator().manual_seed(1))

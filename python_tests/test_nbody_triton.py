@@ -56,6 +56,14 @@ def test_triton_forces_are_tangential_and_push_apart():
     assert (forces * pair.flip(0)).sum(1).max().item() < 0
 
 
+@pytest.mark.parametrize("potential,param", [("coulomb", 1.0), ("lse", 0.05), ("hinge", 0.05)])
+def test_triton_nan_in_gives_nan_out(potential, param):
+    points = random_points(6, 20, seed=2, dtype=torch.float32)
+    points[2, 1] = float("nan")
+    forces, _, energy = nbody_forces(points.to(DEVICE), potential, param, impl="triton")
+    assert torch.isnan(energy.cpu()).all() and torch.isnan(forces.cpu()).any()
+
+
 @pytest.mark.parametrize("bad,exc", [
     (lambda: nbody_forces(torch.eye(3, dtype=torch.float64, device=DEVICE), impl="triton"), TypeError),
     (lambda: nbody_forces(torch.ones(3, device=DEVICE), impl="triton"), ValueError),

@@ -17,6 +17,7 @@ operands with fp32 accumulation give (rounding of x is 2^-9 relative, and the er
 products average out); tf32 would halve the tensor-core rate, fp32 would not use tensor cores.
 The CPU op's impl='tensor_core' makes the same choice.
 """
+import contextlib
 import math
 from typing import Tuple
 
@@ -40,12 +41,12 @@ def _pair_weights(c, param, shift, KIND: tl.constexpr):
     """(phi(c), phi'(c)) elementwise, as pedcc::pair_potential in csrc/nbody.h (float32)."""
     if KIND == 3:  # hinge: max(0, c - tau)^2
         excess = c - param
-        positive = tl.where(excess > 0, excess, 0.0)
+        positive = tl.where((excess > 0) | (excess != excess), excess, 0.0)  # NaN stays NaN
         phi = positive * positive
         dphi = 2.0 * positive
     elif KIND == 2:  # lse: exp((c - shift)/t), its tangent line above the cap, 0 below the floor
         u = (c - shift) / param
-        e = tl.exp(tl.minimum(u, LSE_EXPONENT_CAP))
+        e = tl.exp(tl.minimum(u, LSE_EXPONENT_CAP, propagate_nan=tl.PropagateNan.ALL))
         beyond = u > LSE_EXPONENT_CAP
         phi = tl.where(beyond, LSE_CAP_VALUE * (1.0 + u - LSE_EXPONENT_CAP), e)
         dphi = tl.where(beyond, LSE_CAP_VALUE / param, e / param)
@@ -115,8 +116,11 @@ def _nbody_sweep(x_ptr, pull_ptr, max_ptr, energy_ptr, n_points, dim, stride_r, 
         weights = tl.where(pair_ok, dphi, 0.0)
         feats = _load_tile(col_base, n_local, col_ok, stride_r, ds, d_ok, UPCAST)
         if UPCAST:
-            # the same bf16 rounding of the weights as the GPU path, multiplied in fp32
-            weights = weights.to(tl.bfloat16).to(tl.float32)
+            # the GPU path's bf16 rounding of the weights (to nearest even; the interpreter's own
+            # fp32 -> bf16 cast truncates), multiplied in fp32
+            bits = weights.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            weights = bits.to(tl.float32, bitcast=True)
         else:
             weights = weights.to(tl.bfloat16)
         acc = tl.dot(weights, feats, acc)
@@ -134,10 +138,10 @@ def _config(block_m, block_n, block_k, d_slice, warps, stages):
 
 def nbody_configs(d_pad: int) -> list:
     """Autotune candidates for a padded dimension: one small config under the interpreter (slices and
-    a K loop whenever d > 16, so CPU tests cover both); on a GPU a 64 x 512 accumulator (BLOCK_N 32)
-    and sliced ones with 64-wide tiles (PEDCC_TRITON_AUTOTUNE=0: the first only). Compiled for sm_90
-    with Triton's ptxas at d = 512 (wgmma): no spills in the first two, 16-24 bytes in the 128-row
-    ones; shared memory 64-128 KB."""
+    a K loop whenever d > 16, so CPU tests cover both); on a GPU 64-row tiles with 256-wide slices of
+    d (the first, and the only one with PEDCC_TRITON_AUTOTUNE=0), a 64 x 512 accumulator with
+    BLOCK_N = 32, and 128-row tiles. Compiled for sm_90 with Triton's ptxas at d = 512 (wgmma): no
+    spills in the first two, 16-24 bytes in the 128-row ones; shared memory 64-128 KB."""
     if INTERPRET:
         return [_config(16, 16, 16, 16, 4, 1)]
     k, widest = min(64, d_pad), min(d_pad, 512)
@@ -162,7 +166,9 @@ def nbody_forces_triton(points: torch.Tensor, potential: str, param: float,
                         shift: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """forces (C, d), max_cos (C,), energy (C,) float32 for (C, d) float32 unit rows on a CUDA device
     (or any device under TRITON_INTERPRET=1); potential, param, shift as for pk.nbody_forces (checked
-    by the caller). Cosines carry bf16-operand precision (about 1e-4 absolute at d = 512)."""
+    by the caller). Cosines carry bf16-operand precision (about 1e-4 absolute at d = 512); the pull is
+    formed from bf16 points, so for nearly coincident points (distance ~1e-3) the direction of the
+    projected force is noise, as with the CPU op's bf16 operands (use impl='simt' there)."""
     n_points, dim = points.shape
     if 128 * dim >= 2**31:
         raise ValueError(f"points: d={dim} is too large for the Triton kernel's int32 tile offsets")
@@ -174,9 +180,10 @@ def nbody_forces_triton(points: torch.Tensor, potential: str, param: float,
     def grid(meta):
         return (triton.cdiv(n_points, meta["BLOCK_M"]), triton.cdiv(dim, meta["D_SLICE"]))
 
-    wrap_triton(_sweep_kernel(padded_dim(dim)))[grid](
-        x, pull, max_cos, energy, n_points, dim, x.stride(0), param, shift, size_key(n_points),
-        KIND=POTENTIAL_IDS[potential], UPCAST=INTERPRET)
+    with torch.cuda.device(points.device) if points.is_cuda else contextlib.nullcontext():
+        wrap_triton(_sweep_kernel(padded_dim(dim)))[grid](
+            x, pull, max_cos, energy, n_points, dim, x.stride(0), param, shift, size_key(n_points),
+            KIND=POTENTIAL_IDS[potential], UPCAST=INTERPRET)
     # forces = -(pull - (pull . x) x): the tangential part, in fp32 on the fp32 points
     radial = (pull * points).sum(dim=1, keepdim=True)
     forces = torch.addcmul(pull.neg(), radial, points)
