@@ -190,13 +190,14 @@ if [ "$DRY_RUN" = 0 ]; then
     CENTROID_ARGS=(--repulsion-time-limit "$LIMIT" --optimiser-impl "$OPTIMISER_IMPL")
 fi
 [ -n "${CENTROID_IMPLS:-}" ] && CENTROID_ARGS+=(--impls $CENTROID_IMPLS)
-step bench_centroids "$CENTROID_CAP" 5 "$PY" benchmarks/bench_centroids.py "${BENCH_ARGS[@]}" "${CENTROID_ARGS[@]}" \
+TRITON_PRINT_AUTOTUNING=1 step bench_centroids "$CENTROID_CAP" 5 "$PY" benchmarks/bench_centroids.py "${BENCH_ARGS[@]}" "${CENTROID_ARGS[@]}" \
     --budget-s "$CENTROID_BUDGET"
 if [ "$CENTROIDS_ONLY" = 1 ]; then
     skip_step bench_loss "--centroids-only"
 else
     LOSS_CAP=$(( $(remaining) - 15 ))
-    step bench_loss "$LOSS_CAP" 15 "$PY" benchmarks/bench_loss.py "${BENCH_ARGS[@]}" --budget-s "$(bench_budget "$LOSS_CAP")"
+    # The log keeps each autotuned kernel's chosen config and timing (for tuning the next round).
+    TRITON_PRINT_AUTOTUNING=1 step bench_loss "$LOSS_CAP" 15 "$PY" benchmarks/bench_loss.py "${BENCH_ARGS[@]}" --budget-s "$(bench_budget "$LOSS_CAP")"
 fi
 
 # 6. Tables from whatever JSON was written.

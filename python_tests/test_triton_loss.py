@@ -249,3 +249,19 @@ def test_offsets_past_int32(n_rows, n_classes, dim, need_gib):
     (expected_grad,) = torch.autograd.grad(expected.sum(), x_rows)
     torch.testing.assert_close(loss[rows], expected, atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(grad_x[rows].float(), expected_grad.float(), atol=1e-2, rtol=2e-2)
+
+
+def test_fp32_dot_precision_follows_torch(monkeypatch):
+    """fp32 operands: 3xTF32 at torch's 'highest', one TF32 pass where torch allows TF32 itself;
+    half operands and the interpreter are unaffected."""
+    from pedcc_kernels.kernels import fused_loss_config as cfg
+
+    monkeypatch.setattr(cfg, "INTERPRET", False)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        for setting, expected in (("highest", "tf32x3"), ("high", "tf32"), ("medium", "tf32")):
+            torch.set_float32_matmul_precision(setting)
+            assert cfg.dot_precision(torch.float32, torch.bfloat16) == expected
+            assert cfg.dot_precision(torch.bfloat16, torch.bfloat16) == "ieee"
+    finally:
+        torch.set_float32_matmul_precision(previous)
