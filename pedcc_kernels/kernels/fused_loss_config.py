@@ -111,8 +111,12 @@ def _gpu_candidates(d_pad: int, fp32: bool) -> list:
         return [_config(128, 32, 256, 256, 8, 2), _config(64, 64, 256, 256, 8, 2),
                 _config(64, 32, 256, 256, 4, 3), _config(128, 32, 64, 128, 8, 3)]
     if d_pad == 512:
-        return [_config(64, 32, 512, 512, 8, 2), _config(64, 32, 512, 512, 8, 3),
-                _config(128, 32, 64, 256, 8, 3), _config(64, 64, 64, 256, 8, 3)]
+        # ptxas (sm_90a, bf16, unit strides) serialises the wgmma of the full-K 64 x 32 tiles (warning
+        # C7515) and spills 170-190 bytes there; the sliced 64-row tiles neither spill nor serialise,
+        # so one of them comes first (the only one with PEDCC_TRITON_AUTOTUNE=0). On the H200 the
+        # first list reached 60-88 TFLOP/s (bf16, C=100000); the autotuner's choice is in the GPU log.
+        return [_config(64, 64, 64, 256, 8, 3), _config(64, 128, 64, 128, 8, 3), _config(64, 64, 128, 256, 8, 3),
+                _config(64, 32, 512, 512, 8, 2), _config(64, 32, 512, 512, 8, 3), _config(128, 32, 64, 256, 8, 3)]
     return [_config(64, 32, 64, 512, 8, 2), _config(128, 32, 64, 256, 8, 3), _config(64, 64, 64, 256, 8, 3)]
 
 
