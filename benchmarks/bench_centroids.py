@@ -90,14 +90,13 @@ def quality_label(p):
 
 
 def force_unavailable(p):
-    import importlib.util
-
     from pedcc_kernels import _ext
+    from pedcc_kernels.kernels import triton_usable
 
     if p["impl"] == "torch":
         return None
     if p["impl"] == "triton":
-        return None if importlib.util.find_spec("triton") else "triton is not installed"
+        return None if triton_usable(p["device"]) else "triton is not installed, or no CUDA device"
     if not _ext.available():
         return f"pedcc_kernels._C is not built ({_ext.LOAD_ERROR})"
     if p["device"] == "cuda" and not _ext.has_cuda_kernels():
@@ -146,14 +145,13 @@ def make_case(p):
 def generate(p):
     """(C, d) centroids of one method, the wall time it took and what the optimiser reports.
 
-    The iterative methods run as generate_centroids runs them (the same seeded random start, then the
-    optimiser), called directly so that the record holds the iterations, the stop reason and the
-    largest cosine along the way."""
+    The iterative methods run as generate_centroids runs them (the same seeded random start, then
+    centroids.run_optimiser), in two calls so that the record holds the optimiser's iterations, stop
+    reason, engine and the largest cosine along the way."""
     import torch
 
     import pedcc_kernels as pk
-    from pedcc_kernels.centroids import ITERATIVE_MAX_ITERS
-    from pedcc_kernels.sphere_repulsion import charge_model, repulsion
+    from pedcc_kernels.centroids import run_optimiser
 
     sync = torch.cuda.synchronize if p["device"] == "cuda" else (lambda: None)
     sync()
@@ -162,12 +160,8 @@ def generate(p):
     points = pk.generate_centroids(p["C"], p["d"], method=direct, seed=p["seed"], device=p["device"])
     report = {}
     if p["method"] in ("repulsion", "pedcc"):
-        if p["method"] == "repulsion":
-            result = repulsion(points, max_iters=p["max_iters"] or ITERATIVE_MAX_ITERS["repulsion"],
-                               time_limit=p.get("time_limit"), impl=p.get("impl"))
-        else:
-            result = charge_model(points, max_iters=p["max_iters"] or ITERATIVE_MAX_ITERS["pedcc"],
-                                  impl=p.get("impl"))
+        result = run_optimiser(p["method"], points, max_iters=p["max_iters"], time_limit=p.get("time_limit"),
+                               impl=p.get("impl"))
         points = result.points
         report = {"iterations": result.iterations, "stop_reason": result.stop_reason, "engine": result.engine,
                   "trajectory": thinned_history(result.history, result.seconds)}

@@ -17,7 +17,7 @@ ITERATIVE_MAX_ITERS = {"repulsion": 3000, "pedcc": 200}
 STATS_BLOCK_BYTES = 64 << 20
 
 __all__ = ["METHODS", "centroid_stats", "generate_centroids", "max_cos_lower_bound", "orthoplex_centroids",
-           "random_centroids", "simplex_centroids"]
+           "random_centroids", "run_optimiser", "simplex_centroids"]
 
 
 def random_orthonormal_columns(dim, k, generator):
@@ -130,15 +130,20 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
     else:
         points = random_centroids(num_classes, dim, generator)
         if method in ITERATIVE_MAX_ITERS:
-            iters = max_iters if max_iters is not None else ITERATIVE_MAX_ITERS[method]
-            if method == "repulsion":
-                result = repulsion(points.to(device), max_iters=iters, time_limit=time_limit, impl=impl,
-                                   progress=progress)
-            else:
-                result = charge_model(points.to(device), max_iters=iters, impl=impl, progress=progress)
-            points = result.points
+            points = run_optimiser(method, points.to(device), max_iters=max_iters, time_limit=time_limit,
+                                   impl=impl, progress=progress).points
     points = points.to(device)
     return normalize_rows(points.to(torch.promote_types(points.dtype, dtype))).to(dtype)
+
+
+def run_optimiser(method, start, *, max_iters=None, time_limit=None, impl=None, progress=False):
+    """The iterative method ('repulsion' or 'pedcc') from the (C, d) `start` on its device, with
+    generate_centroids' defaults (max_iters None: ITERATIVE_MAX_ITERS[method]; time_limit only
+    applies to 'repulsion'). Returns the optimiser's OptimiserResult (points, history, engine, ...)."""
+    iters = max_iters if max_iters is not None else ITERATIVE_MAX_ITERS[method]
+    if method == "repulsion":
+        return repulsion(start, max_iters=iters, time_limit=time_limit, impl=impl, progress=progress)
+    return charge_model(start, max_iters=iters, impl=impl, progress=progress)
 
 
 @torch.no_grad()

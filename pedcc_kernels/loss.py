@@ -1,23 +1,14 @@
 """pedcc_loss and PEDCCLoss: argument checks, then the backend that fits the device."""
-import os
 
 import torch
 from torch import nn
 
 from ._validate import check_loss_args
 from .chunked import pedcc_loss_chunked
+from .kernels import triton_usable
 from .reference import normalize_rows, pedcc_loss_reference
 
 BACKENDS = ("auto", "triton", "torch", "reference")
-
-
-def triton_usable(device: torch.device) -> bool:
-    """Triton runs on CUDA tensors, and on CPU tensors only under the interpreter."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def resolve_backend(backend: str, device: torch.device, dtypes=()) -> str:

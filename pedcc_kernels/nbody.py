@@ -6,11 +6,11 @@ as the cross-check of the tests and as the cuBLAS baseline of the GPU benchmark.
 """
 import functools
 import math
-import os
 
 import torch
 
 from . import _ext
+from .kernels import triton_usable
 from ._validate import check_int, check_scalar
 
 POTENTIALS = ("coulomb", "riesz", "lse", "hinge")
@@ -79,20 +79,14 @@ def nbody_forces(points, potential="coulomb", param=1.0, impl="auto", shift=0.0)
     _check_points(points, allowed)
     _check_potential(potential, param, shift)
     if impl == "triton":
-        if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"impl='triton' needs CUDA points (or TRITON_INTERPRET=1), got {points.device}")
-        return _triton_forces()(points, potential, float(param), float(shift))
+        if not triton_usable(points.device):
+            raise ValueError("impl='triton' needs triton installed and CUDA points (or TRITON_INTERPRET=1), "
+                             f"got points on {points.device}")
+        from .kernels.nbody_sweep import nbody_forces_triton
+
+        return nbody_forces_triton(points, potential, float(param), float(shift))
     ops = _ext.require(points.device.type)
     return ops.nbody_forces(points, potential, float(param), impl, float(shift))
-
-
-def _triton_forces():
-    """The Triton op, or a RuntimeError saying why it cannot run here."""
-    try:
-        from .kernels.nbody_sweep import nbody_forces_triton
-    except ImportError as exc:
-        raise RuntimeError(f"impl='triton' needs triton installed ({exc})") from exc
-    return nbody_forces_triton
 
 
 def pair_potential_torch(potential, param, cos, shift=0.0):
@@ -167,16 +161,9 @@ def default_impl(device):
     device = torch.device(device)
     if device.type == "cpu":
         return "tensor_core"
-    if device.type == "cuda" and _triton_installed() and torch.cuda.get_device_capability(device)[0] >= 8:
+    if device.type == "cuda" and triton_usable(device) and torch.cuda.get_device_capability(device)[0] >= 8:
         return "triton"
     return "simt"
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_installed():
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None
 
 
 def force_engine(device, prefer_compiled=True, impl="auto"):

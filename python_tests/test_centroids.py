@@ -348,13 +348,13 @@ def test_default_force_impl_per_device(monkeypatch):
     from pedcc_kernels import _ext, nbody
 
     assert nbody.default_impl("cpu") == "tensor_core"
-    monkeypatch.setattr(nbody, "_triton_installed", lambda: True)
+    monkeypatch.setattr(nbody, "triton_usable", lambda device: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert nbody.default_impl("cuda") == "triton"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert nbody.default_impl("cuda") == "simt"  # no bf16 tensor cores for the Triton kernel
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    monkeypatch.setattr(nbody, "_triton_installed", lambda: False)
+    monkeypatch.setattr(nbody, "triton_usable", lambda device: False)
     assert nbody.default_impl("cuda") == "simt"
     start = random_centroids(30, 4, torch.Generator().manual_seed(1))
     expected = "op:tensor_core" if _ext.available() else "torch"

@@ -76,7 +76,9 @@ def dot_precision(*dtypes: torch.dtype) -> str:
     return TORCH_TO_TRITON_PRECISION.get(torch.get_float32_matmul_precision(), "tf32x3")
 
 
-def _config(block_m, block_n, block_k, d_slice, warps, stages):
+def tile_config(block_m, block_n, block_k, d_slice, warps, stages):
+    """A Triton config of the sweep vocabulary (BLOCK_M, BLOCK_N, BLOCK_K, D_SLICE), also used by the
+    N-body sweep."""
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "D_SLICE": d_slice},
                          num_warps=warps, num_stages=stages)
 
@@ -94,7 +96,7 @@ def sweep_configs(d_pad: int, fp32: bool) -> list:
     """
     if INTERPRET:
         tile = min(d_pad, 32)
-        return [_config(16, 16, tile, tile, 4, 1)]
+        return [tile_config(16, 16, tile, tile, 4, 1)]
     candidates = _gpu_candidates(d_pad, fp32)
     return candidates if AUTOTUNE else candidates[:1]
 
@@ -102,22 +104,25 @@ def sweep_configs(d_pad: int, fp32: bool) -> list:
 def _gpu_candidates(d_pad: int, fp32: bool) -> list:
     if fp32:
         if d_pad <= 64:
-            return [_config(64, 32, d_pad, d_pad, 4, 2), _config(128, 32, d_pad, d_pad, 8, 2)]
-        return [_config(64, 32, 32, 128, 8, 3), _config(128, 32, 32, 128, 8, 3), _config(64, 32, 32, 128, 4, 3)]
+            return [tile_config(64, 32, d_pad, d_pad, 4, 2), tile_config(128, 32, d_pad, d_pad, 8, 2)]
+        return [tile_config(64, 32, 32, 128, 8, 3), tile_config(128, 32, 32, 128, 8, 3),
+                tile_config(64, 32, 32, 128, 4, 3)]
     if d_pad <= 128:
-        return [_config(128, 64, d_pad, d_pad, 8, 3), _config(64, 64, d_pad, d_pad, 4, 3),
-                _config(128, 32, d_pad, d_pad, 8, 3)]
+        return [tile_config(128, 64, d_pad, d_pad, 8, 3), tile_config(64, 64, d_pad, d_pad, 4, 3),
+                tile_config(128, 32, d_pad, d_pad, 8, 3)]
     if d_pad == 256:
-        return [_config(128, 32, 256, 256, 8, 2), _config(64, 64, 256, 256, 8, 2),
-                _config(64, 32, 256, 256, 4, 3), _config(128, 32, 64, 128, 8, 3)]
+        return [tile_config(128, 32, 256, 256, 8, 2), tile_config(64, 64, 256, 256, 8, 2),
+                tile_config(64, 32, 256, 256, 4, 3), tile_config(128, 32, 64, 128, 8, 3)]
     if d_pad == 512:
         # ptxas (sm_90a, bf16, unit strides) serialises the wgmma of the full-K 64 x 32 tiles (warning
         # C7515) and spills 170-190 bytes there; the sliced 64-row tiles neither spill nor serialise,
         # so one of them comes first (the only one with PEDCC_TRITON_AUTOTUNE=0). On the H200 the
         # first list reached 60-88 TFLOP/s (bf16, C=100000); the autotuner's choice is in the GPU log.
-        return [_config(64, 64, 64, 256, 8, 3), _config(64, 128, 64, 128, 8, 3), _config(64, 64, 128, 256, 8, 3),
-                _config(64, 32, 512, 512, 8, 2), _config(64, 32, 512, 512, 8, 3), _config(128, 32, 64, 256, 8, 3)]
-    return [_config(64, 32, 64, 512, 8, 2), _config(128, 32, 64, 256, 8, 3), _config(64, 64, 64, 256, 8, 3)]
+        return [tile_config(64, 64, 64, 256, 8, 3), tile_config(64, 128, 64, 128, 8, 3),
+                tile_config(64, 64, 128, 256, 8, 3), tile_config(64, 32, 512, 512, 8, 2),
+                tile_config(64, 32, 512, 512, 8, 3), tile_config(128, 32, 64, 256, 8, 3)]
+    return [tile_config(64, 32, 64, 512, 8, 2), tile_config(128, 32, 64, 256, 8, 3),
+            tile_config(64, 64, 64, 256, 8, 3)]
 
 
 @functools.lru_cache(maxsize=None)

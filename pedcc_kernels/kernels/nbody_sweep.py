@@ -18,6 +18,7 @@ products average out); tf32 would halve the tensor-core rate, fp32 would not use
 The CPU op's impl='tensor_core' makes the same choice.
 """
 import contextlib
+import functools
 import math
 from typing import Tuple
 
@@ -26,7 +27,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .fused_loss_config import AUTOTUNE, INTERPRET, padded_dim, size_key
+from .fused_loss_config import AUTOTUNE, INTERPRET, padded_dim, size_key, tile_config
+from .tile_dot import sliced_dot_t
 
 # Potential ids and constants: csrc/nbody.h is the reference (pair_potential).
 POTENTIAL_IDS = {"coulomb": 0, "riesz": 1, "lse": 2, "hinge": 3}
@@ -102,13 +104,9 @@ def _nbody_sweep(x_ptr, pull_ptr, max_ptr, energy_ptr, n_points, dim, stride_r, 
         cols = col0 + n_local
         col_ok = cols < n_points
         col_base = x_ptr + tl.cast(col0, tl.int64) * stride_r
-        gram = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, dim, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < dim
-            a = _load_tile(row_base, m_local, row_ok, stride_r, ks, k_ok, UPCAST)
-            b = _load_tile(col_base, n_local, col_ok, stride_r, ks, k_ok, UPCAST)
-            gram = tl.dot(a, tl.trans(b), gram)
+        # bf16 operands ignore the precision argument; upcast under the interpreter, fp32 is exact there
+        gram = sliced_dot_t(row_base, m_local, row_ok, stride_r, 1, col_base, n_local, col_ok, stride_r, 1, dim,
+                            BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, "ieee")
         pair_ok = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
         phi, dphi = _pair_weights(gram, param, shift, KIND)
         best = tl.maximum(best, tl.max(tl.where(pair_ok, gram, float("-inf")), axis=1))
@@ -131,11 +129,6 @@ def _nbody_sweep(x_ptr, pull_ptr, max_ptr, energy_ptr, n_points, dim, stride_r, 
         tl.store(energy_ptr + rows, energy, mask=row_ok)
 
 
-def _config(block_m, block_n, block_k, d_slice, warps, stages):
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "D_SLICE": d_slice},
-                         num_warps=warps, num_stages=stages)
-
-
 def nbody_configs(d_pad: int) -> list:
     """Autotune candidates for a padded dimension: one small config under the interpreter (slices and
     a K loop whenever d > 16, so CPU tests cover both); on a GPU 64-row tiles with 256-wide slices of
@@ -143,22 +136,18 @@ def nbody_configs(d_pad: int) -> list:
     BLOCK_N = 32, and 128-row tiles. Compiled for sm_90 with Triton's ptxas at d = 512 (wgmma): no
     spills in the first two, 16-24 bytes in the 128-row ones; shared memory 64-128 KB."""
     if INTERPRET:
-        return [_config(16, 16, 16, 16, 4, 1)]
+        return [tile_config(16, 16, 16, 16, 4, 1)]
     k, widest = min(64, d_pad), min(d_pad, 512)
     candidates = [(64, 64, k, min(d_pad, 256), 8, 3), (64, 32, k, widest, 8, 3),
                   (128, 64, k, min(d_pad, 128), 8, 3), (128, 64, k, min(d_pad, 256), 8, 3)]
-    unique = [_config(*c) for c in dict.fromkeys(candidates)]
+    unique = [tile_config(*c) for c in dict.fromkeys(candidates)]
     return unique if AUTOTUNE else unique[:1]
 
 
-_KERNELS = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _sweep_kernel(d_pad: int):
     """The sweep, autotuned over the configs of this padded dimension (one compiled family per d_pad)."""
-    if d_pad not in _KERNELS:
-        _KERNELS[d_pad] = triton.autotune(configs=nbody_configs(d_pad), key=["dim", "size_key"])(_nbody_sweep)
-    return _KERNELS[d_pad]
+    return triton.autotune(configs=nbody_configs(d_pad), key=["dim", "size_key"])(_nbody_sweep)
 
 
 @triton_op("pedcc_triton::nbody_forces", mutates_args=())
@@ -185,6 +174,6 @@ def nbody_forces_triton(points: torch.Tensor, potential: str, param: float,
             x, pull, max_cos, energy, n_points, dim, x.stride(0), param, shift, size_key(n_points),
             KIND=POTENTIAL_IDS[potential], UPCAST=INTERPRET)
     # forces = -(pull - (pull . x) x): the tangential part, in fp32 on the fp32 points
-    radial = (pull * points).sum(dim=1, keepdim=True)
-    forces = torch.addcmul(pull.neg(), radial, points)
+    radial = torch.linalg.vecdot(pull, points).unsqueeze_(1)
+    forces = pull.neg_().addcmul_(radial, points)  # in place: no second (C, d) buffer
     return forces, max_cos, energy
