@@ -10,12 +10,11 @@
 //   simt         fp32 FMA on CUDA cores (GPU Gems 3 ch. 31 style tiling), any d. The accumulator of a
 //                block's rows lives in the forces buffer itself: each element is owned by exactly one
 //                thread for the whole kernel, so the read-modify-write needs no synchronisation.
-//   tensor_core  the same loop with both products on tensor cores (WMMA m16n16k8, tf32 operands,
-//                fp32 accumulation); the accumulator lives in shared memory, which bounds d
-//                (d <= 1472 with the 227 KB an H100 block may opt into). Larger d, or a GPU
+//   tensor_core  both products on tensor cores (mma.sync m16n8k16, bf16 operands, fp32 accumulation),
+//                the accumulator in registers, d <= 864 on an H100 (see below); larger d, or a GPU
 //                before sm_80, runs simt.
 #include <cuda_runtime.h>
-#include <mma.h>
+#include <cuda_bf16.h>
 
 #include <cstdint>
 
@@ -156,34 +155,48 @@ nbody_simt_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, f
 }
 
 // ---------------------------------------------------------------------------------------------
-// tensor_core: 4 warps, a block owns 32 rows; per 64-column tile, warp w computes the Gram
-// fragments of columns [16w, 16w + 16) for both 16-row halves, and in the force product the
-// accumulator fragments of features [f0 + 16w, f0 + 16w + 16). Every shared array has a leading
-// dimension that is a multiple of 4 floats (WMMA's rule for 32-bit types) plus 4 floats of skew,
-// and every fragment pointer is 32-byte aligned (16 rows x ldm x 4 bytes and 8-float column steps).
-constexpr int kTcRows = 32;
+// tensor_core: both products on tensor cores with bf16 operands and fp32 accumulation (mma.sync
+// m16n8k16, fragments loaded by ldmatrix), like the Triton kernel and the CPU op's tensor_core. The
+// operands are a zero-padded bf16 copy of the points made by the caller ([round_up(C, 64)][dp], dp = d
+// rounded up to 16; see nbody_tc_operand_shape), so tiles load as 16-byte cp.async copies without
+// bounds checks.
+//
+// A block of 8 warps owns 64 rows and one slice of FS features of their force accumulator, which
+// stays in registers for the whole sweep (the tf32 WMMA kernel this replaces kept it in shared memory
+// and reloaded it for every tile; it ran 2.5x slower than simt on an H200). The block's rows and the
+// current 64-column tile sit in shared memory in full, the next tile loading into a second buffer
+// where shared memory allows (dp <= 560 on an H100); the single-buffered layout bounds d (d <= 864
+// there; larger d runs simt). Warp w owns rows [16 (w % 4), +16) and, of each tile, columns [32 (w / 4), +32). Per tile:
+//   1. Gram: the warp's 16 x 32 piece over all of dp, in registers;
+//   2. weights: phi'(cos) of its 16 x 32 cells, in registers (reducing each row's max cosine and
+//      energy on the way), written to shared memory as bf16;
+//   3. pull: the warp adds W[its 16 rows][all 64 columns] X_cols[64][half of the slice] to its
+//      accumulator: the two warps of a row band split the slice's features.
+// The tangent projection needs whole rows (a slice has only FS features), so it is a second kernel.
+constexpr int kTcRows = 64;
 constexpr int kTcCols = 64;
-constexpr int kTcDepth = 32;
-constexpr int kTcFeatures = 64;
-constexpr int kTcThreads = 128;
-constexpr int kTcSkew = 4;
-constexpr int kTcLdDepth = kTcDepth + kTcSkew;
-constexpr int kTcLdCols = kTcCols + kTcSkew;
-constexpr int kTcLdFeatures = kTcFeatures + kTcSkew;
-constexpr int kFrag = 16;
-constexpr int kFragK = 8;
-static_assert(kTcRows == 2 * kFrag && kTcCols == 4 * kFrag && kTcFeatures == 4 * kFrag,
-              "4 warps: each owns one 16-wide column fragment and both 16-row halves");
-static_assert(kTcCols >= kTcRows && kTcThreads == 4 * kTcRows, "loaders and the row-per-4-threads map");
+constexpr int kTcThreads = 256;
+constexpr int kTcWarps = kTcThreads / 32;
+constexpr int kTcBand = 16;                          // rows of a warp (the mma's M)
+constexpr int kTcBands = kTcRows / kTcBand;           // 4
+constexpr int kTcHalves = kTcWarps / kTcBands;        // 2 warps per band
+constexpr int kTcWarpCols = kTcCols / kTcHalves;      // 32 Gram columns per warp
+constexpr int kTcFeatureAlign = 16;
+// 8 bf16 (16 bytes) of skew: row strides are then odd multiples of 16 bytes modulo 128, so the 8 rows
+// an ldmatrix phase reads fall in different bank groups.
+constexpr int kTcSkew = 8;
+constexpr int kTcLdWeight = kTcCols + kTcSkew;
+static_assert(kTcRows == kTcCols, "one loader fills the row block and the column tiles");
+static_assert(kTcBands * kTcHalves == kTcWarps && kTcWarpCols % 16 == 0, "warp w: band w % 4, half w / 4");
+static_assert(2 * kTcHalves * kTcRows * sizeof(float) <= kTcRows * kTcLdWeight * 2,
+              "the final cross-warp reduction fits in the weight tile");
 
 __host__ __device__ __forceinline__ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Floats of dynamic shared memory: the accumulator [32][dp + skew] with dp = d rounded up to a
-// feature slice, then the Gram slices, the weight tile and the feature slice.
-int64_t tc_shared_floats(int64_t d) {
-  const int64_t ld_acc = round_up(d, kTcFeatures) + kTcSkew;
-  return kTcRows * ld_acc + kTcRows * kTcLdDepth + kTcCols * kTcLdDepth + kTcRows * kTcLdCols +
-         kTcCols * kTcLdFeatures;
+// Bytes of dynamic shared memory: the row block and `stages` column tiles ([64][dp + skew] bf16 each)
+// and the bf16 weight tile. Every part starts 16-byte aligned (ldmatrix and cp.async rows).
+int64_t tc_shared_bytes(int64_t dp, int stages) {
+  return (1 + stages) * int64_t(kTcRows) * (dp + kTcSkew) * 2 + int64_t(kTcRows) * kTcLdWeight * 2;
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -192,151 +205,261 @@ int64_t tc_shared_floats(int64_t d) {
 #define PEDCC_TC_ENABLED 0
 #endif
 
-template <typename Frag>
-__device__ __forceinline__ void round_to_tf32(Frag& frag) {
 #if PEDCC_TC_ENABLED
-  for (int t = 0; t < frag.num_elements; ++t) frag.x[t] = nvcuda::wmma::__float_to_tf32(frag.x[t]);
-#endif
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// acc[h] += A_h B for h = 0, 1: A_h the 16 x 8 row-major tile at a + h * 16 * lda, B the 8 x 16 tile at
-// b in layout BLayout, all rounded to tf32 as loaded. The two row tiles share one load of B.
-template <typename BLayout, typename Acc>
-__device__ __forceinline__ void mma_two_row_tiles(Acc (&acc)[2], const float* a, int lda, const float* b, int ldb) {
-#if PEDCC_TC_ENABLED
-  using namespace nvcuda;
-  wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFragK, wmma::precision::tf32, BLayout> b_frag;
-  wmma::load_matrix_sync(b_frag, b, ldb);
-  round_to_tf32(b_frag);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFragK, wmma::precision::tf32, wmma::row_major> a_frag;
-    wmma::load_matrix_sync(a_frag, a + h * kFrag * lda, lda);
-    round_to_tf32(a_frag);
-    wmma::mma_sync(acc[h], a_frag, b_frag, acc[h]);
+// Four 8 x 8 bf16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, and lane l receives
+// row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1 of each (.trans: column l / 4, rows 2 (l % 4), +1).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+// c (16 x 8, fp32) += a (16 x 16, bf16, row-major fragment) b (16 x 8, bf16, column fragment b0, b1).
+// Lane l = 4g + t holds c[0], c[1] at row g, columns 2t, 2t + 1 and c[2], c[3] at row g + 8.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 64 rows of dp bf16 from global (row stride dp) into shared memory (row stride ld), 16 bytes per
+// cp.async; dp is a multiple of 8 and both bases are 16-byte aligned. Not waited for here.
+__device__ __forceinline__ void load_tile_async(__nv_bfloat16* dst, int ld, const __nv_bfloat16* src, int64_t dp,
+                                                int tid) {
+  const int chunks = int(dp / 8);
+  for (int e = tid; e < kTcRows * chunks; e += kTcThreads) {
+    const int r = e / chunks, q = e % chunks;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(dst + r * ld + q * 8)),
+                 "l"(src + int64_t(r) * dp + q * 8)
+                 : "memory");
   }
-#endif
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
 
-__global__ void __launch_bounds__(kTcThreads)
-nbody_tc_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, float param, float shift,
-                float* __restrict__ forces, float* __restrict__ max_cos, float* __restrict__ energy) {
+template <int kPending>
+__device__ __forceinline__ void wait_tile() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+#endif
+
+template <int FS>
+__global__ void __launch_bounds__(kTcThreads, 1)
+nbody_tc_kernel(const __nv_bfloat16* __restrict__ xh, int64_t C, int64_t d, int64_t dp, int stages, int kind,
+                float param, float shift, float* __restrict__ forces, float* __restrict__ max_cos,
+                float* __restrict__ energy) {
 #if PEDCC_TC_ENABLED
-  using namespace nvcuda;
-  extern __shared__ __align__(128) float smem[];
-  const int64_t dp = round_up(d, kTcFeatures);
-  const int ld_acc = int(dp) + kTcSkew;
-  float* acc_s = smem;                                // [kTcRows][ld_acc]
-  float* rows_s = acc_s + kTcRows * ld_acc;           // [kTcRows][kTcLdDepth]
-  float* cols_s = rows_s + kTcRows * kTcLdDepth;      // [kTcCols][kTcLdDepth]
-  float* weight_s = cols_s + kTcCols * kTcLdDepth;    // [kTcRows][kTcLdCols]
-  float* feat_s = weight_s + kTcRows * kTcLdCols;     // [kTcCols][kTcLdFeatures]
+  constexpr int kBlocks = FS / kTcHalves / 8;  // 8-feature accumulator blocks of a warp
+  static_assert(kBlocks % 2 == 0 && kBlocks * 8 * kTcHalves == FS, "FS is a multiple of 32");
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int ld = int(dp) + kTcSkew;
+  __nv_bfloat16* rows_s = reinterpret_cast<__nv_bfloat16*>(smem);          // [64][ld]
+  __nv_bfloat16* cols_s = rows_s + kTcRows * ld;                            // [stages][64][ld]
+  __nv_bfloat16* weight_s = cols_s + stages * kTcCols * ld;                 // [64][kTcLdWeight]
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int band = warp % kTcBands, half = warp / kTcBands;
   const int64_t row0 = int64_t(blockIdx.x) * kTcRows;
+  // The two warps of a band take alternate 16-feature pairs of the slice (pair p of this warp starts
+  // at feature first_col + 32 p), so a last slice that reaches past dp leaves both equally idle.
+  const int64_t first_col = int64_t(blockIdx.y) * FS + 16 * half;
+  const int64_t my_rows[2] = {row0 + band * kTcBand + g, row0 + band * kTcBand + g + 8};
 
-  for (int e = tid; e < kTcRows * ld_acc; e += kTcThreads) acc_s[e] = 0.f;
+  // ldmatrix row addresses of this lane (see ldmatrix_x4): an A fragment at (row, k) of a row-major
+  // tile reads row + lane % 16, column k + 8 (lane / 16); a B fragment of the Gram (two 8-column
+  // blocks of X_cols^T) reads tile row n + lane % 8 + 8 (lane / 16), column k + 8 ((lane / 8) % 2); a B
+  // fragment of the pull (.trans, two 8-feature blocks) reads tile row j + lane % 8 + 8 ((lane / 8) % 2),
+  // feature f + 8 (lane / 16).
+  const int a_row = lane % 16, a_col = 8 * (lane / 16);
+  const int b_row = lane % 8 + 8 * (lane / 16), b_col = 8 * ((lane / 8) % 2);
+  const int v_row = lane % 8 + 8 * ((lane / 8) % 2), v_col = 8 * (lane / 16);
 
-  // Thread t forms the weights of row t / 4, columns t % 4 + 4m: the four threads of a row are
-  // adjacent lanes, and a warp's accesses cover all 32 banks.
-  const int my_row = tid / 4, my_col = tid % 4;
-  float best = -INFINITY, e_sum = 0.f;
-
-  for (int64_t col0 = 0; col0 < C; col0 += kTcCols) {
-    wmma::fragment<wmma::accumulator, kFrag, kFrag, kFragK, float> gram[2];
-    wmma::fill_fragment(gram[0], 0.f);
-    wmma::fill_fragment(gram[1], 0.f);
-    for (int64_t k0 = 0; k0 < d; k0 += kTcDepth) {
-      for (int e = tid; e < kTcCols * kTcDepth; e += kTcThreads) {
-        const int r = e / kTcDepth, k = e % kTcDepth;
-        const int64_t gk = k0 + k, gj = col0 + r;
-        cols_s[r * kTcLdDepth + k] = (gj < C && gk < d) ? x[gj * d + gk] : 0.f;
-        if (r < kTcRows) {
-          const int64_t gi = row0 + r;
-          rows_s[r * kTcLdDepth + k] = (gi < C && gk < d) ? x[gi * d + gk] : 0.f;
-        }
-      }
-      __syncthreads();
+  float acc[kBlocks][4];
 #pragma unroll
-      for (int kk = 0; kk < kTcDepth; kk += kFragK) {
-        // B = X_cols^T: column n of B is row n of cols_s, i.e. cols_s read column-major.
-        mma_two_row_tiles<wmma::col_major>(gram, rows_s + kk, kTcLdDepth, cols_s + warp * kFrag * kTcLdDepth + kk,
-                                           kTcLdDepth);
-      }
-      __syncthreads();
+  for (int b = 0; b < kBlocks; ++b) acc[b][0] = acc[b][1] = acc[b][2] = acc[b][3] = 0.f;
+  float best[2] = {-INFINITY, -INFINITY}, e_sum[2] = {0.f, 0.f};
+
+  load_tile_async(rows_s, ld, xh + row0 * dp, dp, tid);
+  load_tile_async(cols_s, ld, xh, dp, tid);
+  const int64_t tiles = (C + kTcCols - 1) / kTcCols;
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t col0 = tile * kTcCols;
+    const __nv_bfloat16* cols = cols_s + (stages == 2 ? int(tile & 1) : 0) * kTcCols * ld;
+    if (stages == 2 && tile + 1 < tiles) {
+      // Into the buffer the previous tile used: its last reads were before the barrier that ended it.
+      load_tile_async(cols_s + int((tile + 1) & 1) * kTcCols * ld, ld, xh + (col0 + kTcCols) * dp, dp, tid);
+      wait_tile<1>();
+    } else {
+      wait_tile<0>();
     }
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-      wmma::store_matrix_sync(weight_s + h * kFrag * kTcLdCols + warp * kFrag, gram[h], kTcLdCols,
-                              wmma::mem_row_major);
-    __syncthreads();
+    __syncthreads();  // this tile (and, the first time, the row block) is in shared memory
 
+    // 1. Gram: gram[b] holds columns 32 half + 8 b + 2t, +1 of rows g and g + 8 of the band.
+    float gram[kTcWarpCols / 8][4] = {};
     {
-      const int64_t gi = row0 + my_row;
-      for (int m = 0; m < kTcCols / 4; ++m) {
-        const int c = my_col + 4 * m;
-        const int64_t gj = col0 + c;
-        float* cell = weight_s + my_row * kTcLdCols + c;
-        float w = 0.f;
-        if (gi < C && gj < C && gi != gj) {
-          const float cs = *cell;
-          float phi, dphi;
-          pair_potential<float>(kind, param, shift, cs, &phi, &dphi);
-          best = max_keep_first(best, cs);
-          e_sum += phi;
-          w = dphi;
-        }
-        *cell = w;
-      }
-    }
-
-    for (int64_t f0 = 0; f0 < d; f0 += kTcFeatures) {
-      __syncthreads();  // weight_s is final, and the previous feature slice is no longer read
-      for (int e = tid; e < kTcCols * kTcFeatures; e += kTcThreads) {
-        const int j = e / kTcFeatures, k = e % kTcFeatures;
-        const int64_t gj = col0 + j, gk = f0 + k;
-        feat_s[j * kTcLdFeatures + k] = (gj < C && gk < d) ? x[gj * d + gk] : 0.f;
-      }
-      __syncthreads();
-      // Warp w alone reads and writes accumulator columns [f0 + 16w, f0 + 16w + 16).
-      float* acc_tile = acc_s + f0 + warp * kFrag;
-      wmma::fragment<wmma::accumulator, kFrag, kFrag, kFragK, float> acc[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        wmma::load_matrix_sync(acc[h], acc_tile + h * kFrag * ld_acc, ld_acc, wmma::mem_row_major);
+      const uint32_t a_base = shared_address(rows_s + (band * kTcBand + a_row) * ld + a_col);
+      const uint32_t b_base = shared_address(cols + (half * kTcWarpCols + b_row) * ld + b_col);
 #pragma unroll 2
-      for (int jj = 0; jj < kTcCols; jj += kFragK) {
-        mma_two_row_tiles<wmma::row_major>(acc, weight_s + jj, kTcLdCols, feat_s + jj * kTcLdFeatures + warp * kFrag,
-                                           kTcLdFeatures);
-      }
+      for (int k = 0; k < int(dp); k += 16) {
+        uint32_t a[4];
+        ldmatrix_x4(a, a_base + k * 2);
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
-        wmma::store_matrix_sync(acc_tile + h * kFrag * ld_acc, acc[h], ld_acc, wmma::mem_row_major);
+        for (int p = 0; p < kTcWarpCols / 16; ++p) {
+          uint32_t b[4];
+          ldmatrix_x4(b, b_base + (p * 16 * ld + k) * 2);
+          mma_bf16(gram[2 * p], a, b[0], b[1]);
+          mma_bf16(gram[2 * p + 1], a, b[2], b[3]);
+        }
+      }
     }
-    __syncthreads();  // weight_s and the Gram slices are rewritten by the next tile
+
+    // 2. Weights, straight from the Gram fragments; pairs of columns go out as one bf16x2 store.
+#pragma unroll
+    for (int b = 0; b < kTcWarpCols / 8; ++b) {
+      const int c = half * kTcWarpCols + 8 * b + 2 * t;  // column within the tile
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float w[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t gi = my_rows[h], gj = col0 + c + e;
+          w[e] = 0.f;
+          if (gi < C && gj < C && gi != gj) {
+            const float cs = gram[b][2 * h + e];
+            float phi, dphi;
+            pair_potential<float>(kind, param, shift, cs, &phi, &dphi);
+            best[h] = max_keep_first(best[h], cs);
+            e_sum[h] += phi;
+            w[e] = dphi;
+          }
+        }
+        *reinterpret_cast<__nv_bfloat162*>(weight_s + (band * kTcBand + g + 8 * h) * kTcLdWeight + c) =
+            __floats2bfloat162_rn(w[0], w[1]);
+      }
+    }
+    __syncthreads();  // the whole 64 x 64 weight tile is written
+
+    // 3. Pull: acc[b] holds features first_col + 32 (b / 2) + 8 (b % 2) + 2t, +1 of rows g and g + 8.
+    {
+      const uint32_t w_base = shared_address(weight_s + (band * kTcBand + a_row) * kTcLdWeight + a_col);
+      const uint32_t v_base = shared_address(cols + v_row * ld + v_col);
+#pragma unroll
+      for (int j = 0; j < kTcCols; j += 16) {
+        uint32_t a[4];
+        ldmatrix_x4(a, w_base + j * 2);
+#pragma unroll
+        for (int p = 0; p < kBlocks / 2; ++p) {
+          const int64_t f = first_col + 32 * p;
+          if (f < dp) {  // the last slice may reach past dp (warp-uniform)
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, v_base + uint32_t((j * ld + f) * 2));
+            mma_bf16(acc[2 * p], a, b[0], b[1]);
+            mma_bf16(acc[2 * p + 1], a, b[2], b[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // this tile's buffer and the weight tile are no longer read
+    if (stages == 1 && tile + 1 < tiles) load_tile_async(cols_s, ld, xh + (col0 + kTcCols) * dp, dp, tid);
   }
 
-  for (int offset = 2; offset > 0; offset /= 2) {
-    best = max_keep_first(best, __shfl_xor_sync(0xffffffffu, best, offset));
-    e_sum += __shfl_xor_sync(0xffffffffu, e_sum, offset);
-  }
-  if (my_col == 0 && row0 + my_row < C) {
-    max_cos[row0 + my_row] = best;
-    energy[row0 + my_row] = e_sum;
+  // The unprojected a_i of this slice, with bounds (d need not be a multiple of 8, nor C of 64).
+#pragma unroll
+  for (int b = 0; b < kBlocks; ++b) {
+    const int64_t f = first_col + 32 * (b / 2) + 8 * (b % 2) + 2 * t;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (my_rows[h] >= C) continue;
+      float* out = forces + my_rows[h] * d;
+      if (f < d) out[f] = acc[b][2 * h];
+      if (f + 1 < d) out[f + 1] = acc[b][2 * h + 1];
+    }
   }
 
-  for (int r = warp; r < kTcRows; r += kTcThreads / 32) {
-    const int64_t gi = row0 + r;
-    if (gi >= C) break;
-    const float* a = acc_s + r * ld_acc;
-    const float* xi = x + gi * d;
-    float radial = 0.f;
-    for (int64_t k = lane; k < d; k += 32) radial = fmaf(a[k], xi[k], radial);
-    for (int offset = 16; offset > 0; offset /= 2) radial += __shfl_xor_sync(0xffffffffu, radial, offset);
-    float* f = forces + gi * d;
-    for (int64_t k = lane; k < d; k += 32) f[k] = -(a[k] - radial * xi[k]);
+  // Row statistics: over the 4 lanes of a row (t), then over the band's two warps (weight_s is free
+  // after the loop's last barrier).
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    for (int offset = 1; offset < 4; offset *= 2) {
+      best[h] = max_keep_first(best[h], __shfl_xor_sync(0xffffffffu, best[h], offset));
+      e_sum[h] += __shfl_xor_sync(0xffffffffu, e_sum[h], offset);
+    }
+  }
+  float* partial = reinterpret_cast<float*>(weight_s);  // [half][row][best, energy]
+  if (t == 0) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = band * kTcBand + g + 8 * h;
+      partial[(half * kTcRows + r) * 2] = best[h];
+      partial[(half * kTcRows + r) * 2 + 1] = e_sum[h];
+    }
+  }
+  __syncthreads();
+  if (blockIdx.y == 0 && tid < kTcRows && row0 + tid < C) {
+    float m = partial[tid * 2], e = partial[tid * 2 + 1];
+    for (int other = 1; other < kTcHalves; ++other) {
+      m = max_keep_first(m, partial[(other * kTcRows + tid) * 2]);
+      e += partial[(other * kTcRows + tid) * 2 + 1];
+    }
+    max_cos[row0 + tid] = m;
+    energy[row0 + tid] = e;
   }
 #endif
+}
+
+// forces_i <- -(a_i - (a_i . x_i) x_i), in place: one warp per row.
+__global__ void project_tangent_kernel(const float* __restrict__ x, int64_t C, int64_t d, float* __restrict__ forces) {
+  const int lane = threadIdx.x % 32;
+  const int64_t i = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (i >= C) return;  // whole warps leave together
+  float* a = forces + i * d;
+  const float* xi = x + i * d;
+  float radial = 0.f;
+  for (int64_t k = lane; k < d; k += 32) radial = fmaf(a[k], xi[k], radial);
+  for (int offset = 16; offset > 0; offset /= 2) radial += __shfl_xor_sync(0xffffffffu, radial, offset);
+  for (int64_t k = lane; k < d; k += 32) a[k] = -(a[k] - radial * xi[k]);
+}
+
+int shared_optin_bytes() {
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    cudaGetLastError();  // this failed query must not be reported by a later launch
+    return 0;
+  }
+  return optin;
+}
+
+template <int FS>
+int launch_tc(const float* points, const __nv_bfloat16* operands, int64_t C, int64_t d, int64_t dp, int kind,
+              float param, float shift, float* forces, float* max_cos, float* energy, cudaStream_t stream) {
+  const int stages = tc_shared_bytes(dp, 2) <= shared_optin_bytes() ? 2 : 1;
+  const int64_t bytes = tc_shared_bytes(dp, stages);
+  cudaError_t err =
+      cudaFuncSetAttribute(nbody_tc_kernel<FS>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (err != cudaSuccess) return int(err);
+  const dim3 grid(unsigned((C + kTcRows - 1) / kTcRows), unsigned((d + FS - 1) / FS));
+  nbody_tc_kernel<FS><<<grid, kTcThreads, size_t(bytes), stream>>>(operands, C, d, dp, stages, kind, param, shift,
+                                                                    forces, max_cos, energy);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return int(err);
+  constexpr int kRowsPerBlock = 8;
+  project_tangent_kernel<<<unsigned((C + kRowsPerBlock - 1) / kRowsPerBlock), 32 * kRowsPerBlock, 0, stream>>>(
+      points, C, d, forces);
+  return int(cudaGetLastError());
 }
 
 int launch_simt(const float* x, int64_t C, int64_t d, int kind, float param, float shift, float* forces,
@@ -350,35 +473,43 @@ int launch_simt(const float* x, int64_t C, int64_t d, int kind, float param, flo
   return int(cudaGetLastError());
 }
 
-// Whether the tensor-core kernel can run here: sm_80 or newer and the accumulator fits in the
-// shared memory a block may opt into.
-bool tc_fits(int64_t d, size_t* bytes) {
-  int device = 0, major = 0, optin = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) return false;
-  *bytes = sizeof(float) * size_t(tc_shared_floats(d));
-  return major >= 8 && *bytes <= size_t(optin);
-}
-
 }  // namespace
 
-int nbody_forces_cuda(const float* points, int64_t C, int64_t d, int kind, float param, float shift, int impl,
-                      float* forces, float* max_cos, float* energy, void* stream_ptr) {
-  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  size_t bytes = 0;
-  if (impl == 1 && tc_fits(d, &bytes)) {
-    cudaError_t err = cudaFuncSetAttribute(nbody_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           int(bytes));
-    if (err != cudaSuccess) return int(err);
-    const int64_t blocks = (C + kTcRows - 1) / kTcRows;
-    nbody_tc_kernel<<<dim3(unsigned(blocks)), kTcThreads, bytes, stream>>>(points, C, d, kind, param, shift,
-                                                                           forces, max_cos, energy);
-    return int(cudaGetLastError());
+bool nbody_tc_usable(int64_t d) {
+  int device = 0, major = 0;
+  cudaFuncAttributes kernel{};
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaFuncGetAttributes(&kernel, nbody_tc_kernel<64>) != cudaSuccess) {
+    cudaGetLastError();  // this failed query must not be reported by a later launch
+    return false;
   }
-  // A cudaGetDevice/attribute failure above must not be reported by this launch.
-  cudaGetLastError();
-  return launch_simt(points, C, d, kind, param, shift, forces, max_cos, energy, stream);
+  // ptxVersion: the architecture the kernel was compiled for. A build without sm_80 code (say
+  // TORCH_CUDA_ARCH_LIST=7.5+PTX, JIT-compiled on an H100) holds the kernel's empty pre-sm_80 body.
+  return major >= 8 && kernel.ptxVersion >= 80 && tc_shared_bytes(round_up(d, kTcFeatureAlign), 1) <= shared_optin_bytes();
+}
+
+void nbody_tc_operand_shape(int64_t C, int64_t d, int64_t* rows, int64_t* cols) {
+  *rows = round_up(C, kTcRows);
+  *cols = round_up(d, kTcFeatureAlign);
+}
+
+int nbody_forces_cuda_simt(const float* points, int64_t C, int64_t d, int kind, float param, float shift,
+                           float* forces, float* max_cos, float* energy, void* stream) {
+  return launch_simt(points, C, d, kind, param, shift, forces, max_cos, energy, static_cast<cudaStream_t>(stream));
+}
+
+int nbody_forces_cuda_tc(const float* points, const void* operands, int64_t C, int64_t d, int kind, float param,
+                         float shift, float* forces, float* max_cos, float* energy, void* stream_ptr) {
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  const auto* xh = static_cast<const __nv_bfloat16*>(operands);
+  const int64_t dp = round_up(d, kTcFeatureAlign);
+  // The narrowest slice that holds all of d, up to 512 features (16 fragments a warp, 213
+  // registers a thread); wider d runs several slices, each recomputing the Gram tiles.
+  if (dp <= 64) return launch_tc<64>(points, xh, C, d, dp, kind, param, shift, forces, max_cos, energy, stream);
+  if (dp <= 128) return launch_tc<128>(points, xh, C, d, dp, kind, param, shift, forces, max_cos, energy, stream);
+  if (dp <= 256) return launch_tc<256>(points, xh, C, d, dp, kind, param, shift, forces, max_cos, energy, stream);
+  return launch_tc<512>(points, xh, C, d, dp, kind, param, shift, forces, max_cos, energy, stream);
 }
 
 const char* nbody_cuda_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }

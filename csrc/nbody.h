@@ -76,15 +76,28 @@ PEDCC_HD void pair_potential(int kind, T param, T shift, T c, T* phi, T* dphi) {
   *dphi = s * e / r2;  // d/dc (2 - 2c)^(-s/2) = s (2 - 2c)^(-s/2 - 1)
 }
 
-// CUDA implementation (nbody.cu). points: (C, d) row-major fp32 on the device, rows of unit norm.
-// Writes forces (C, d) = -(I - x_i x_i^T) sum_{j != i} phi'(x_i.x_j) x_j, max_cos (C,), energy (C,);
-// kind, param, shift as for pair_potential.
-// impl: 0 = plain tiled fp32 (SIMT), any d; 1 = tensor cores (tf32 operands of both products, fp32
-// accumulation, about 3 significant digits in the cosines), which runs the SIMT kernel instead
-// where it cannot (before sm_80, or d too large for its shared-memory accumulator: d > 1472 on
-// an H100). Asynchronous on `stream` (a cudaStream_t). Returns 0 or a cudaError_t value.
-int nbody_forces_cuda(const float* points, int64_t C, int64_t d, int kind, float param, float shift, int impl,
-                      float* forces, float* max_cos, float* energy, void* stream);
+// CUDA implementations (nbody.cu). points: (C, d) row-major fp32 on the device, rows of unit norm.
+// Each writes forces (C, d) = -(I - x_i x_i^T) sum_{j != i} phi'(x_i.x_j) x_j, max_cos (C,), energy
+// (C,); kind, param, shift as for pair_potential. Asynchronous on `stream` (a cudaStream_t); return 0
+// or a cudaError_t value.
+//
+// simt: fp32 products on CUDA cores, any d.
+int nbody_forces_cuda_simt(const float* points, int64_t C, int64_t d, int kind, float param, float shift,
+                           float* forces, float* max_cos, float* energy, void* stream);
+
+// tensor_core: both products with bf16 operands and fp32 accumulation (the cosines carry about 1e-4,
+// the weights 2^-9 of their value). `operands` is a bf16 copy of points, zero-padded to the shape
+// nbody_tc_operand_shape gives (the caller rounds, to nearest even). Only where nbody_tc_usable(d).
+int nbody_forces_cuda_tc(const float* points, const void* operands, int64_t C, int64_t d, int kind, float param,
+                         float shift, float* forces, float* max_cos, float* energy, void* stream);
+
+// Whether the current device can run the tensor-core kernel at this d: sm_80 or newer, and the
+// kernel's shared memory (the row block and a column tile in full) within the block opt-in limit,
+// i.e. d <= 864 on an H100 (227 KB).
+bool nbody_tc_usable(int64_t d);
+
+// Rows and columns of the zero-padded bf16 operand copy: C rounded up to 64, d to 16.
+void nbody_tc_operand_shape(int64_t C, int64_t d, int64_t* rows, int64_t* cols);
 
 // cudaGetErrorString of a value returned by nbody_forces_cuda.
 const char* nbody_cuda_error_string(int code);

@@ -69,9 +69,11 @@ int parse_potential(c10::string_view name, double param, double shift) {
   return -1;
 }
 
-// 'auto' is the SIMT kernel: on an H200 (benchmarks/results, 2026-11-28) the tensor-core kernel
-// matched the CPU op but ran 2.5x slower than SIMT at C=100000, d=512, so it did not become the
-// default; the optimisers use the Triton kernel (pedcc_kernels/kernels/nbody_sweep.py) instead.
+// 'auto' is the SIMT kernel: on an H200 (benchmarks/results, 2026-11-28) the first tensor-core kernel
+// (tf32 WMMA, accumulator in shared memory) matched the CPU op but ran 2.5x slower than SIMT at
+// C=100000, d=512, so it did not become the default. Its bf16 successor (accumulator in registers)
+// becomes the default only once a GPU run has matched and timed it; the optimisers use the Triton
+// kernel (pedcc_kernels/kernels/nbody_sweep.py) meanwhile.
 // On CPU, 'tensor_core' runs both products with bf16 operands (oneDNN: AVX512-BF16/AMX where the
 // CPU has them; benchmarks/results has the op at 1.7x its fp32 rate on a 2-core AMD EPYC).
 int parse_impl(c10::string_view name) {
@@ -208,10 +210,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nbody_forces_cuda_op(const at::Te
   at::Tensor forces = at::empty_like(X);
   at::Tensor max_cos = at::empty({X.size(0)}, X.options());
   at::Tensor energy = at::empty({X.size(0)}, X.options());
-  const int err = nbody_forces_cuda(X.data_ptr<float>(), X.size(0), X.size(1), kind,
-                                    static_cast<float>(param), static_cast<float>(shift), impl_id,
-                                    forces.data_ptr<float>(), max_cos.data_ptr<float>(), energy.data_ptr<float>(),
-                                    at::cuda::getCurrentCUDAStream().stream());
+  const int64_t C = X.size(0), d = X.size(1);
+  void* stream = at::cuda::getCurrentCUDAStream().stream();
+  int err = 0;
+  if (impl_id == 1 && nbody_tc_usable(d)) {
+    int64_t rows = 0, cols = 0;
+    nbody_tc_operand_shape(C, d, &rows, &cols);
+    // The bf16 operands, rounded to nearest even like the CPU op's and the Triton kernel's.
+    at::Tensor operands = at::zeros({rows, cols}, X.options().dtype(at::kBFloat16));
+    operands.narrow(0, 0, C).narrow(1, 0, d).copy_(X);
+    err = nbody_forces_cuda_tc(X.data_ptr<float>(), operands.data_ptr(), C, d, kind, static_cast<float>(param),
+                               static_cast<float>(shift), forces.data_ptr<float>(), max_cos.data_ptr<float>(),
+                               energy.data_ptr<float>(), stream);
+  } else {
+    err = nbody_forces_cuda_simt(X.data_ptr<float>(), C, d, kind, static_cast<float>(param),
+                                 static_cast<float>(shift), forces.data_ptr<float>(), max_cos.data_ptr<float>(),
+                                 energy.data_ptr<float>(), stream);
+  }
   TORCH_CHECK(err == 0, "nbody_forces: CUDA launch failed: ", nbody_cuda_error_string(err));
   return {forces, max_cos, energy};
 }

@@ -58,10 +58,10 @@ def nbody_forces(points, potential="coulomb", param=1.0, impl="auto", shift=0.0)
             above an exponent of 60, and 0 below -87 in float32: a soft maximum of the cosines),
             'hinge' (max(0, c - param)^2: only pairs above the target cosine param push).
         param: the Riesz exponent, the lse temperature or the hinge target (ignored by 'coulomb').
-        impl: 'auto' (= 'simt': float32/float64 products) or 'tensor_core': on CUDA tf32 operands
-            with fp32 accumulation, on CPU bf16 operands (oneDNN, fp32 accumulation); the cosines
-            then carry about 3 significant digits, the weights and the projection stay in the
-            dtype of points. 'triton': the Triton kernel (kernels/nbody_sweep.py; float32 CUDA
+        impl: 'auto' (= 'simt': float32/float64 products) or 'tensor_core': bf16 operands with
+            fp32 accumulation (on CUDA mma.sync tensor cores, sm_80+ and d <= 864 on an H100, else
+            'simt' runs; on CPU oneDNN); the cosines then carry about 1e-4, the pull's weights
+            2^-9 of their value, and the projection stays in the dtype of points. 'triton': the Triton kernel (kernels/nbody_sweep.py; float32 CUDA
             tensors, or any device under TRITON_INTERPRET=1), bf16 operands, fp32 accumulation.
         shift: 'lse' only (else it must be 0): subtracted from the cosine in the exponent. Aiming
             at the largest cosine with a small temperature, pass (an estimate of) that cosine, so
@@ -157,7 +157,8 @@ def default_impl(device):
     benchmarks/results); on a CUDA device with bf16 tensor cores (sm_80+) the Triton kernel when triton
     is installed (6.9x chunked cuBLAS fp32 at C=100000, d=512 on an H200; its force norm, largest
     cosine and energy sum agreed with torch's to 1e-4, rows to bf16-operand precision), else the SIMT
-    kernel (the tensor-core CUDA kernel matched the CPU op there but ran 2.5x slower than SIMT)."""
+    kernel (the first, tf32 tensor-core CUDA kernel matched the CPU op there but ran 2.5x slower than
+    SIMT; its bf16 successor has not run on a GPU yet)."""
     device = torch.device(device)
     if device.type == "cpu":
         return "tensor_core"
