@@ -23,7 +23,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Prepared, Run, Section, Unavailable, add_common_args, resolve_common  # noqa: E402
+from harness import (Prepared, Run, Section, Unavailable, add_common_args, autotune_report,  # noqa: E402
+                     resolve_common)
 
 FORCE_IMPLS = {"cpu": ("op", "op_bf16", "torch"), "cuda": ("simt", "tensor_core", "triton", "torch")}
 # --optimiser-impl fastest: the quickest impl at the largest C whose check values stay this close to torch's
@@ -138,8 +139,16 @@ def make_case(p):
         return {"force_norm": forces.double().norm().item(), "max_cos": max_cos.max().item(),
                 "energy": energy.double().sum().item()}
 
+    details = None
+    if p["impl"] == "triton":
+        def details():
+            from pedcc_kernels.kernels.fused_loss_config import padded_dim
+            from pedcc_kernels.kernels.nbody_sweep import nbody_sweep_kernel
+
+            return {"autotuning": {"nbody_sweep": autotune_report(nbody_sweep_kernel(padded_dim(p["d"])))}}
+
     return Prepared(run=run, input_bytes=points.numel() * points.element_size(),
-                    flop=4.0 * p["C"] ** 2 * p["d"], check=check)
+                    flop=4.0 * p["C"] ** 2 * p["d"], check=check, details=details)
 
 
 def generate(p):

@@ -27,7 +27,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Prepared, Run, Section, Unavailable, add_common_args, resolve_common  # noqa: E402
+from harness import (Prepared, Run, Section, Unavailable, add_common_args, autotune_report,  # noqa: E402
+                     resolve_common)
 
 IMPLS = ("reference", "reference_compiled", "torch", "triton", "torch_linear_ce", "liger_flce", "pml_cosface")
 SAME_MATH = ("reference", "reference_compiled", "torch", "triton")
@@ -195,7 +196,26 @@ def make_case(p):
     note = ""
     if p["impl"] == "torch_linear_ce":
         note = "chunked path" if hasattr(torch.nn, "LinearCrossEntropyOptions") else "reference path"
-    return Prepared(run=run, input_bytes=input_bytes, flop=2.0 * gemm_passes * n * c * d, check=check, note=note)
+    details = sweep_autotuning(d, dtype, p["grad"] == "x+w") if p["impl"] == "triton" else None
+    return Prepared(run=run, input_bytes=input_bytes, flop=2.0 * gemm_passes * n * c * d, check=check, note=note,
+                    details=details)
+
+
+def sweep_autotuning(d, dtype, grad_w):
+    """The autotuner's choice and per-config timings of the sweep kernels this case ran."""
+    from pedcc_kernels.kernels.fused_loss_bwd import grad_centroids_sweep_kernel
+    from pedcc_kernels.kernels.fused_loss_config import fp32_operands, padded_dim
+    from pedcc_kernels.kernels.fused_loss_fwd import forward_sweep_kernel
+
+    key = (padded_dim(d), fp32_operands(dtype))
+
+    def details():
+        out = {"forward_sweep": autotune_report(forward_sweep_kernel(*key))}
+        if grad_w:
+            out["grad_centroids_sweep"] = autotune_report(grad_centroids_sweep_kernel(*key))
+        return {"autotuning": out}
+
+    return details
 
 
 def main(argv=None):

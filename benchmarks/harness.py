@@ -53,12 +53,15 @@ class Prepared:
     """One case, inputs built. `run()` is the call that is timed; it must leave no gradients behind
     (so each repeat allocates what a training step would). `check()` runs the call once more and
     returns a few floats that identify the result (loss value, gradient norm), compared across
-    implementations of the same math. `input_bytes` and `flop` describe the work."""
+    implementations of the same math. `input_bytes` and `flop` describe the work. `details()`, if
+    given, runs after the measurement and returns what else the record should carry (the Triton
+    autotuner's timing of every candidate config, for instance)."""
     run: Callable[[], None]
     input_bytes: int
     flop: Optional[float] = None
     check: Optional[Callable[[], dict]] = None
     note: str = ""
+    details: Optional[Callable[[], dict]] = None
 
 
 @dataclass
@@ -272,7 +275,21 @@ def summarize(measured: dict, prepared: Prepared) -> dict:
         out["note"] = prepared.note
     if prepared.check is not None:
         out["check"] = {k: _finite(float(v)) for k, v in prepared.check().items()}
+    if prepared.details is not None:
+        out["details"] = prepared.details()
     return out
+
+
+def autotune_report(autotuner) -> dict:
+    """What a triton.autotune wrapper chose and measured in this process: the best config per key,
+    and each candidate's median time (ms) in its last tuning run (one key per benchmark case, since
+    each case runs in a fresh process)."""
+    best = {str(key): str(config) for key, config in getattr(autotuner, "cache", {}).items()}
+    timings = {}
+    for config, measured in (getattr(autotuner, "configs_timings", None) or {}).items():
+        value = measured[0] if isinstance(measured, (list, tuple)) else measured
+        timings[str(config)] = _finite(float(value))
+    return {"best": best, "last_tuning_ms": timings}
 
 
 def load_script(path: str):

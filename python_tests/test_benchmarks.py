@@ -82,6 +82,8 @@ def test_loss_dry_run_json(dry_run):
         assert ours["tflops"] > 0
         if by_impl.get("triton", {}).get("status") == "ok":
             assert by_impl["triton"]["check_rel_diff"] < 1e-3
+            tuning = by_impl["triton"]["details"]["autotuning"]["forward_sweep"]
+            assert set(tuning) == {"best", "last_tuning_ms"}
 
 
 def test_centroids_dry_run_json(dry_run):
@@ -95,7 +97,7 @@ def test_centroids_dry_run_json(dry_run):
 
     if _ext.available():
         assert all(r["status"] == "ok" and r["time_ms"] > 0 for r in force if r["impl"] == "op")
-    for r in force:  # bf16 operands (op_bf16) and tf32 (tensor_core) keep about 3 digits
+    for r in force:  # bf16 operands (op_bf16, tensor_core) keep about 3 digits
         if r["status"] == "ok" and r.get("check_rel_diff") is not None:
             assert r["check_rel_diff"] < (1e-2 if r["impl"] in ("op_bf16", "tensor_core") else 1e-3), r
     random_rows = [r for r in quality if r["method"] == "random"]
@@ -248,3 +250,14 @@ def test_fastest_validated_force_impl_needs_agreement_with_torch():
     assert bench.fastest_validated_impl(records) == "triton"  # tensor_core is faster but disagrees
     assert bench.fastest_validated_impl([rec("op_bf16", 100, 1.0, 1e-3)]) == "tensor_core"
     assert bench.fastest_validated_impl([rec("torch", 100, 1.0, 0.0)]) is None
+
+
+def test_autotune_report_reads_choice_and_candidate_timings():
+    class FakeAutotuner:  # the two attributes triton.autotune's wrapper fills in
+        cache = {(512, 1024): "BLOCK_M: 64"}
+        configs_timings = {"BLOCK_M: 64": [1.5, 1.4, 1.6], "BLOCK_M: 128": [float("inf"), 0.0, 0.0]}
+
+    report = harness.autotune_report(FakeAutotuner())
+    assert report == {"best": {"(512, 1024)": "BLOCK_M: 64"},
+                      "last_tuning_ms": {"BLOCK_M: 64": 1.5, "BLOCK_M: 128": None}}
+    assert harness.autotune_report(object()) == {"best": {}, "last_tuning_ms": {}}

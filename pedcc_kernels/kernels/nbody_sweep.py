@@ -145,7 +145,7 @@ def nbody_configs(d_pad: int) -> list:
 
 
 @functools.lru_cache(maxsize=None)
-def _sweep_kernel(d_pad: int):
+def nbody_sweep_kernel(d_pad: int):
     """The sweep, autotuned over the configs of this padded dimension (one compiled family per d_pad)."""
     return triton.autotune(configs=nbody_configs(d_pad), key=["dim", "size_key"])(_nbody_sweep)
 
@@ -170,7 +170,7 @@ def nbody_forces_triton(points: torch.Tensor, potential: str, param: float,
         return (triton.cdiv(n_points, meta["BLOCK_M"]), triton.cdiv(dim, meta["D_SLICE"]))
 
     with torch.cuda.device(points.device) if points.is_cuda else contextlib.nullcontext():
-        wrap_triton(_sweep_kernel(padded_dim(dim)))[grid](
+        wrap_triton(nbody_sweep_kernel(padded_dim(dim)))[grid](
             x, pull, max_cos, energy, n_points, dim, x.stride(0), param, shift, size_key(n_points),
             KIND=POTENTIAL_IDS[potential], UPCAST=INTERPRET)
     # forces = -(pull - (pull . x) x): the tangential part, in fp32 on the fp32 points
