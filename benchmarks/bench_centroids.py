@@ -199,10 +199,12 @@ def measure_quality(p):
             **report}
 
 
-def fastest_validated_impl(records):
+def fastest_validated_impl(records, among=None):
     """The force impl (op impl name) with the shortest time at the largest C measured, among those whose
-    check values agree with torch's within FASTEST_MAX_REL_DIFF; None when none qualifies."""
+    check values agree with torch's within FASTEST_MAX_REL_DIFF (and, if `among` is given, whose bench
+    name is in it); None when none qualifies."""
     ok = [r for r in records if r["section"] == "force" and r["status"] == "ok" and r["impl"] != "torch"
+          and (among is None or r["impl"] in among)
           and r.get("check_rel_diff") is not None and r["check_rel_diff"] < FASTEST_MAX_REL_DIFF]
     if not ok:
         return None
@@ -232,6 +234,9 @@ def main(argv=None):
     parser.add_argument("--optimiser-impl", choices=("auto", "simt", "tensor_core", "triton", "fastest"),
                         default=None, help="force op implementation of repulsion and pedcc (default: the device's "
                         "own; fastest: the quickest of the force section that agrees with torch)")
+    parser.add_argument("--fastest-among", nargs="+", metavar="IMPL", default=None,
+                        help="with --optimiser-impl fastest: only these force implementations qualify (the ones "
+                        "whose tests passed, say)")
     parser.add_argument("--skip", choices=("force", "quality"), action="append", default=[])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -248,7 +253,7 @@ def main(argv=None):
     if "force" not in args.skip:
         run.measure("force", force_cases(args, device), force_unavailable, force_label)
     if args.optimiser_impl == "fastest":
-        args.optimiser_impl = fastest_validated_impl(run.records)
+        args.optimiser_impl = fastest_validated_impl(run.records, args.fastest_among)
         print(f"optimiser impl: {args.optimiser_impl or 'the device default'} (fastest validated force impl)")
     if "quality" not in args.skip:
         run.measure("quality", quality_cases(args, device), quality_unavailable, quality_label,

@@ -250,6 +250,7 @@ def test_fastest_validated_force_impl_needs_agreement_with_torch():
     assert bench.fastest_validated_impl(records) == "triton"  # tensor_core is faster but disagrees
     assert bench.fastest_validated_impl([rec("op_bf16", 100, 1.0, 1e-3)]) == "tensor_core"
     assert bench.fastest_validated_impl([rec("torch", 100, 1.0, 0.0)]) is None
+    assert bench.fastest_validated_impl(records, among=["simt", "tensor_core"]) == "simt"  # triton failed its tests
 
 
 def test_autotune_report_reads_choice_and_candidate_timings():
