@@ -215,13 +215,15 @@ __device__ __forceinline__ uint32_t shared_address(const void* p) {
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
+               : "r"(address)
+               : "memory");
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
+               : "r"(address)
+               : "memory");
 }
 
 // c (16 x 8, fp32) += a (16 x 16, bf16, row-major fragment) b (16 x 8, bf16, column fragment b0, b1).
@@ -446,10 +448,12 @@ int shared_optin_bytes() {
 template <int FS>
 int launch_tc(const float* points, const __nv_bfloat16* operands, int64_t C, int64_t d, int64_t dp, int kind,
               float param, float shift, float* forces, float* max_cos, float* energy, cudaStream_t stream) {
-  const int stages = tc_shared_bytes(dp, 2) <= shared_optin_bytes() ? 2 : 1;
+  const int optin = shared_optin_bytes();
+  const int stages = tc_shared_bytes(dp, 2) <= optin ? 2 : 1;
   const int64_t bytes = tc_shared_bytes(dp, stages);
-  cudaError_t err =
-      cudaFuncSetAttribute(nbody_tc_kernel<FS>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  // The cap is the device's limit, not this call's size: host threads launching other d at the same
+  // time then never see a cap set below their own launch.
+  cudaError_t err = cudaFuncSetAttribute(nbody_tc_kernel<FS>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
   if (err != cudaSuccess) return int(err);
   const dim3 grid(unsigned((C + kTcRows - 1) / kTcRows), unsigned((d + FS - 1) / FS));
   nbody_tc_kernel<FS><<<grid, kTcThreads, size_t(bytes), stream>>>(operands, C, d, dp, stages, kind, param, shift,

@@ -246,13 +246,15 @@ def test_cuda_shifted_lse_matches_cpu_op():
         torch.testing.assert_close(a.cpu() / scale, b / scale, **SIMT_TOLERANCE, msg=f"simt {name}")
 
 
-# (300, 700): two feature slices, the second partly past d; (257, 129): neither C nor d a multiple of
-# the tiles; (1000, 512): the full 512-feature slice.
+# (257, 129): neither C nor d a multiple of the tiles; (1000, 512): the full 512-feature slice; on an
+# H100-class GPU d <= 560 double-buffers the column tiles and (65, 576), (300, 700), (40, 864) take the
+# single-buffered path in two slices, the second partly past d (864: the largest d that fits).
 @needs_cuda_op
 @pytest.mark.parametrize("potential,param,offset", [("coulomb", 1.0, None), ("riesz", 2.0, None),
                                                     ("lse", 0.05, None), ("lse", 0.005, 0.0), ("lse", 0.002, -0.01),
                                                     ("hinge", 0.05, None), ("hinge", -0.2, None)])
-@pytest.mark.parametrize("shape", [(1, 8), (3, 5), (37, 7), (257, 129), (300, 700), (1000, 512)])
+@pytest.mark.parametrize("shape", [(1, 8), (3, 5), (37, 7), (65, 16), (257, 129), (63, 560), (1000, 512), (65, 576),
+                                   (300, 700), (40, 864)])
 def test_cuda_tensor_core_matches_dense_float64(potential, param, offset, shape):
     """impl='tensor_core' on CUDA (bf16 operands, fp32 accumulation, bf16 weights in the pull) against
     float64: no further from the truth than the exact math on the bf16-rounded points, plus the
