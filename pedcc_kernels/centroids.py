@@ -54,8 +54,8 @@ def random_centroids(num_classes, dim, generator):
 
 
 # Above this many classes 'auto' takes the binary code where it holds them: the optimiser's O(C^2 d)
-# iterations stop paying. At C=10000, d=512 repulsion beats the code (max cos 0.0533 against 0.0607,
-# after 437 s on a 2-core CPU); at C=100000 it was still at 0.12-0.14 after 25-103 s on an H200
+# iterations stop paying. At C=10000, d=512 repulsion beats the code (max cos 0.0525 against 0.0607,
+# after 570 s on a 2-core CPU); at C=100000 it was still at 0.12-0.14 after 25-103 s on an H200
 # (benchmarks/results), where the code gives 0.0607 in 0.66 s on the 2-core CPU.
 CODE_ABOVE = 20000
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pedcc_kernels as pk
-from pedcc_kernels import centroid_files, cli, spherical_bounds
+from pedcc_kernels import _ext, centroid_files, cli, spherical_bounds
 from pedcc_kernels.centroids import METHODS, random_centroids
 from pedcc_kernels.sphere_repulsion import charge_model, repulsion
 
@@ -84,6 +84,26 @@ def test_repulsion_on_the_gpu(impl):
     stats = pk.centroid_stats(w)
     assert stats["bound"] - 1e-9 <= stats["max_cos"] < pk.centroid_stats(random_centroids(
         600, 16, torch.Generator().manual_seed(0)))["max_cos"] - 0.2
+
+
+def test_repulsion_ends_on_exact_products():
+    # bf16 operands up to beta = exact_from sqrt(d), the fp32 op from there: the history's entries
+    # from then on are exact largest cosines, and the result is the best of them (or better).
+    start = random_centroids(150, 8, torch.Generator().manual_seed(1))
+    result = repulsion(start, max_iters=150, impl="tensor_core", exact_from=4.0)
+    assert result.engine == ("op:tensor_core, then op:auto" if _ext.available() else "torch")
+    if not _ext.available():
+        return
+    never = repulsion(start, max_iters=150, impl="tensor_core", exact_from=None)
+    assert never.engine == "op:tensor_core"
+    switched_at = next(i for i, (a, b) in enumerate(zip(result.history, never.history)) if a != b)
+    exact_part = result.history[switched_at:]
+    assert len(exact_part) >= 20
+    true_max = pk.centroid_stats(result.points)["max_cos"]
+    assert true_max <= min(exact_part) + 1e-6
+    assert any(abs(true_max - h) < 1e-6 for h in exact_part) or true_max < min(exact_part)
+    with pytest.raises(ValueError, match="exact_from"):
+        repulsion(start, max_iters=2, exact_from=0.0)
 
 
 def test_repulsion_stops_on_its_own():
