@@ -173,20 +173,22 @@ def generate(p):
                                impl=p.get("impl"))
         points = result.points
         report = {"iterations": result.iterations, "stop_reason": result.stop_reason, "engine": result.engine,
-                  "trajectory": thinned_history(result.history, result.seconds)}
+                  "trajectory": thinned_history(result.history, result.seconds, times=result.times)}
     sync()
     return points, time.perf_counter() - start, report
 
 
-def thinned_history(history, seconds, keep=40):
-    """[(iteration, seconds at about that iteration, largest cosine), ...]: about `keep` points of the
-    optimiser's history, the last one included (seconds assume a constant time per iteration)."""
+def thinned_history(history, seconds, keep=40, times=None):
+    """[(iteration, seconds at that iteration, largest cosine), ...]: about `keep` points of the
+    optimiser's history, the last one included. Seconds come from `times` (one per history entry)
+    when the optimiser recorded them, else assume a constant time per iteration."""
     if not history:
         return []
     stride = max(1, len(history) // keep)
     picks = sorted(set(range(0, len(history), stride)) | {len(history) - 1})
-    per_iteration = seconds / len(history)
-    return [(i + 1, round((i + 1) * per_iteration, 2), round(history[i], 5)) for i in picks]
+    if times is None or len(times) != len(history):
+        times = [(i + 1) * seconds / len(history) for i in range(len(history))]
+    return [(i + 1, round(times[i], 2), round(history[i], 5)) for i in picks]
 
 
 def measure_quality(p):

@@ -28,13 +28,15 @@ from .nbody import default_impl, force_engine
 class OptimiserResult:
     """points: (C, d) float32 unit rows (the best iterate for `repulsion`, the last for the charge
     model); history: largest cosine at each evaluated iterate; iterations; seconds; stop_reason;
-    engine: the force function that ran (force_engine's name, or 'custom')."""
+    engine: the force function that ran (force_engine's name, or 'custom'); times: seconds from the
+    start to each evaluation of `history` (the repulsion's exact phase costs more per iteration)."""
     points: torch.Tensor
     history: list = field(default_factory=list)
     iterations: int = 0
     seconds: float = 0.0
     stop_reason: str = ""
     engine: str = ""
+    times: list = field(default_factory=list)
 
 
 class Progress:
@@ -160,7 +162,7 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
     velocity = torch.zeros_like(x)
     best_points = x.clone()
     best = math.inf
-    history = []
+    history, times = [], []
     since_best = 0
     shift = 1.0  # the largest cosine there can be, until the first evaluation says
     reason = "max_iters"
@@ -178,6 +180,7 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
         forces, row_max, _ = engine(x, "lse", 1.0 / beta, shift=shift)
         current = float(row_max.max())
         history.append(current)
+        times.append(time.perf_counter() - start)
         if not math.isfinite(current):
             reason = "non-finite cosine" if c > 1 else "a single point"
             break
@@ -203,7 +206,7 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
         _tangent_step(x, velocity, lr / beta)
         velocity.sub_((velocity * x).sum(dim=1, keepdim=True) * x)
     bar.close()
-    return OptimiserResult(best_points, history, iteration, time.perf_counter() - start, reason, engine_name)
+    return OptimiserResult(best_points, history, iteration, time.perf_counter() - start, reason, engine_name, times)
 
 
 @torch.no_grad()

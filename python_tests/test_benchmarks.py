@@ -262,3 +262,14 @@ def test_autotune_report_reads_choice_and_candidate_timings():
     assert report == {"best": {"(512, 1024)": "BLOCK_M: 64"},
                       "last_tuning_ms": {"BLOCK_M: 64": 1.5, "BLOCK_M: 128": None}}
     assert harness.autotune_report(object()) == {"best": {}, "last_tuning_ms": {}}
+
+
+def test_trajectory_takes_the_recorded_times():
+    bench = harness.load_script(os.path.join(BENCH, "bench_centroids.py"))
+    history = [0.5 - 0.001 * i for i in range(100)]
+    times = [0.1 * i + (0.05 * (i - 60) if i > 60 else 0.0) for i in range(1, 101)]  # slower after 60
+    thinned = bench.thinned_history(history, seconds=12.0, keep=10, times=times)
+    assert thinned[-1] == (100, round(times[-1], 2), round(history[-1], 5))
+    assert all(t == round(times[i - 1], 2) and h == round(history[i - 1], 5) for i, t, h in thinned)
+    even = bench.thinned_history(history, seconds=12.0, keep=10)  # no times: evenly spread
+    assert even[-1][1] == 12.0 and even[0][1] == 0.12

@@ -109,6 +109,9 @@ def test_repulsion_ends_on_exact_products():
 def test_repulsion_stops_on_its_own():
     result = repulsion(random_centroids(40, 4, torch.Generator().manual_seed(2)), max_iters=5000)
     assert result.stop_reason == "converged" and result.iterations < 5000
+    # one time stamp per evaluation, increasing, within the run's seconds
+    assert len(result.times) == len(result.history) == result.iterations
+    assert all(a < b for a, b in zip(result.times, result.times[1:])) and result.times[-1] <= result.seconds
 
 
 def test_repulsion_time_limit_and_bad_settings():
