@@ -23,12 +23,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (Prepared, Run, Section, Unavailable, add_common_args, autotune_report,  # noqa: E402
-                     resolve_common)
+from harness import (Prepared, Run, Section, Unavailable, add_common_args, autotune_keys,  # noqa: E402
+                     autotune_report, resolve_common)
 
 FORCE_IMPLS = {"cpu": ("op", "op_bf16", "torch"), "cuda": ("simt", "tensor_core", "triton", "torch")}
 # --optimiser-impl fastest: the quickest impl at the largest C whose check values stay this close to torch's
-FASTEST_MAX_REL_DIFF = 2e-3  # bf16/tf32 operands agreed to 1e-4 to 4e-4 on an H200
+FASTEST_MAX_REL_DIFF = 2e-3  # bf16 (Triton) and tf32 (the first tensor_core) operands agreed to 1e-4 to 4e-4 on an H200
 # Bench names of the op's impl argument ('op_bf16': the CPU's 'tensor_core', bf16 operands).
 OP_IMPL = {"op": "auto", "op_bf16": "tensor_core"}
 # repulsion before pedcc: if a step's time limit cuts the run short, the method with targets is measured
@@ -141,11 +141,14 @@ def make_case(p):
 
     details = None
     if p["impl"] == "triton":
-        def details():
-            from pedcc_kernels.kernels.fused_loss_config import padded_dim
-            from pedcc_kernels.kernels.nbody_sweep import nbody_sweep_kernel
+        from pedcc_kernels.kernels.fused_loss_config import padded_dim
+        from pedcc_kernels.kernels.nbody_sweep import nbody_sweep_kernel
 
-            return {"autotuning": {"nbody_sweep": autotune_report(nbody_sweep_kernel(padded_dim(p["d"])))}}
+        sweep = nbody_sweep_kernel(padded_dim(p["d"]))
+        known = autotune_keys(sweep)
+
+        def details():
+            return {"autotuning": {"nbody_sweep": autotune_report(sweep, known)}}
 
     return Prepared(run=run, input_bytes=points.numel() * points.element_size(),
                     flop=4.0 * p["C"] ** 2 * p["d"], check=check, details=details)
@@ -236,9 +239,9 @@ def main(argv=None):
     parser.add_argument("--optimiser-impl", choices=("auto", "simt", "tensor_core", "triton", "fastest"),
                         default=None, help="force op implementation of repulsion and pedcc (default: the device's "
                         "own; fastest: the quickest of the force section that agrees with torch)")
-    parser.add_argument("--fastest-among", nargs="+", metavar="IMPL", default=None,
+    parser.add_argument("--fastest-among", nargs="+", default=None, choices=FORCE_IMPLS["cuda"][:-1],
                         help="with --optimiser-impl fastest: only these force implementations qualify (the ones "
-                        "whose tests passed, say)")
+                        "whose tests passed, say); if none does, the first of them")
     parser.add_argument("--skip", choices=("force", "quality"), action="append", default=[])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -256,6 +259,8 @@ def main(argv=None):
         run.measure("force", force_cases(args, device), force_unavailable, force_label)
     if args.optimiser_impl == "fastest":
         args.optimiser_impl = fastest_validated_impl(run.records, args.fastest_among)
+        if args.optimiser_impl is None and args.fastest_among:
+            args.optimiser_impl = args.fastest_among[0]  # not the device default, which may have failed
         print(f"optimiser impl: {args.optimiser_impl or 'the device default'} (fastest validated force impl)")
     if "quality" not in args.skip:
         run.measure("quality", quality_cases(args, device), quality_unavailable, quality_label,

@@ -27,8 +27,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (Prepared, Run, Section, Unavailable, add_common_args, autotune_report,  # noqa: E402
-                     resolve_common)
+from harness import (Prepared, Run, Section, Unavailable, add_common_args, autotune_keys,  # noqa: E402
+                     autotune_report, resolve_common)
 
 IMPLS = ("reference", "reference_compiled", "torch", "triton", "torch_linear_ce", "liger_flce", "pml_cosface")
 SAME_MATH = ("reference", "reference_compiled", "torch", "triton")
@@ -208,12 +208,13 @@ def sweep_autotuning(d, dtype, grad_w):
     from pedcc_kernels.kernels.fused_loss_fwd import forward_sweep_kernel
 
     key = (padded_dim(d), fp32_operands(dtype))
+    kernels = {"forward_sweep": forward_sweep_kernel(*key)}
+    if grad_w:
+        kernels["grad_centroids_sweep"] = grad_centroids_sweep_kernel(*key)
+    known = {name: autotune_keys(kernel) for name, kernel in kernels.items()}
 
     def details():
-        out = {"forward_sweep": autotune_report(forward_sweep_kernel(*key))}
-        if grad_w:
-            out["grad_centroids_sweep"] = autotune_report(grad_centroids_sweep_kernel(*key))
-        return {"autotuning": out}
+        return {"autotuning": {name: autotune_report(kernel, known[name]) for name, kernel in kernels.items()}}
 
     return details
 

@@ -280,16 +280,23 @@ def summarize(measured: dict, prepared: Prepared) -> dict:
     return out
 
 
-def autotune_report(autotuner) -> dict:
-    """What a triton.autotune wrapper chose and measured in this process: the best config per key,
-    and each candidate's median time (ms) in its last tuning run (one key per benchmark case, since
-    each case runs in a fresh process)."""
-    best = {str(key): str(config) for key, config in getattr(autotuner, "cache", {}).items()}
+def autotune_keys(autotuner) -> set:
+    """The keys a triton.autotune wrapper has tuned so far (snapshot before a case)."""
+    return set(getattr(autotuner, "cache", {}))
+
+
+def autotune_report(autotuner, known_keys=frozenset()) -> dict:
+    """What a triton.autotune wrapper tuned since `known_keys` was taken: the chosen config per new
+    key and, if there is one, each candidate's median time (ms) in the latest tuning (GPU cases share
+    one process, so keys tuned by earlier cases are left out; a case whose key was tuned before
+    reports nothing)."""
+    tuned = {str(key): str(config) for key, config in getattr(autotuner, "cache", {}).items()
+             if key not in known_keys}
     timings = {}
-    for config, measured in (getattr(autotuner, "configs_timings", None) or {}).items():
+    for config, measured in ((getattr(autotuner, "configs_timings", None) or {}) if tuned else {}).items():
         value = measured[0] if isinstance(measured, (list, tuple)) else measured
         timings[str(config)] = _finite(float(value))
-    return {"best": best, "last_tuning_ms": timings}
+    return {"tuned": tuned, "candidates_ms": timings}
 
 
 def load_script(path: str):

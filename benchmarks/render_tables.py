@@ -45,7 +45,7 @@ LEGEND = {
     "quality": "max cos: largest cosine between two centroids (lower is better); bound: best known lower "
                "bound on it; time: generation wall time; force impl: the impl asked for (- : the device's "
                "default); engine: the force function that ran (op:<impl>, triton, or torch when the "
-               "extension was missing).",
+               "extension was missing; 'A, then B': the repulsion's end phase switched to B).",
 }
 
 

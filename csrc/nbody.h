@@ -99,7 +99,7 @@ bool nbody_tc_usable(int64_t d);
 // Rows and columns of the zero-padded bf16 operand copy: C rounded up to 64, d to 16.
 void nbody_tc_operand_shape(int64_t C, int64_t d, int64_t* rows, int64_t* cols);
 
-// cudaGetErrorString of a value returned by nbody_forces_cuda.
+// cudaGetErrorString of a value returned by nbody_forces_cuda_simt or nbody_forces_cuda_tc.
 const char* nbody_cuda_error_string(int code);
 
 }  // namespace pedcc

@@ -3,9 +3,9 @@
 `repulsion`: projected heavy-ball steps on the log-sum-exp of all pairwise cosines, a soft maximum
 whose sharpness beta (inverse temperature) rises each time the largest cosine stops improving, so
 the early iterations reshape the whole cosine distribution and the late ones press only the pairs at
-the maximum. Once beta is large the forces come with exact fp32 products (bf16 operands' cosine
-error, about 1e-4, is then a sizeable part of the temperature). Stops when the largest cosine has not
-improved at the sharpest setting. (This replaced a hinge potential whose target followed the
+the maximum. Once beta is large the forces come with exact fp32 products on CPU (bf16 operands'
+cosine error, about 1e-4, is then a sizeable part of the temperature). Stops when the largest cosine
+has not improved at the sharpest setting. (This replaced a hinge potential whose target followed the
 maximum: at (10000, 512) on the 2-core CPU it stopped at a largest cosine of 0.061 after 213 s, this
 schedule without the exact phase at 0.053 after 437 s; benchmarks/results has the runs.)
 
@@ -28,8 +28,9 @@ from .nbody import default_impl, force_engine
 class OptimiserResult:
     """points: (C, d) float32 unit rows (the best iterate for `repulsion`, the last for the charge
     model); history: largest cosine at each evaluated iterate; iterations; seconds; stop_reason;
-    engine: the force function that ran (force_engine's name, or 'custom'); times: seconds from the
-    start to each evaluation of `history` (the repulsion's exact phase costs more per iteration)."""
+    engine: the force function that ran (force_engine's name, or 'custom'; 'A, then B' when the
+    repulsion's end phase changed it); times: seconds from the start to each evaluation of
+    `history` (the repulsion's exact phase costs more per iteration)."""
     points: torch.Tensor
     history: list = field(default_factory=list)
     iterations: int = 0
@@ -94,8 +95,8 @@ def _tangent_step(x, direction, lr):
     x.div_(x.norm(dim=1, keepdim=True).clamp_min(1e-30))
 
 
-# bf16-operand engines, and how fast beta grows once the exact engine has taken over (the top of the
-# schedule, where every step of beta gains little: measured on (1000, 64) and (2000, 128), 2 seeds).
+# bf16-operand engines, and how fast beta grows in the end phase (the top of the schedule, where each
+# step of beta gains little).
 BF16_ENGINES = ("op:tensor_core", "triton")
 EXACT_GROWTH = 1.2
 
@@ -113,12 +114,12 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
     points and the step is lr / beta radians per unit force: the move is an angle on the scale of the
     temperature, independent of C (the force sums grow with C; normalising removes that).
 
-    From beta = exact_from * sqrt(d) on, a bf16-operand engine ('tensor_core', 'triton') gives way to
-    the exact one of the device (the fp32 op on CPU, 'simt' on CUDA) and beta grows by 1.2 a step:
-    near the end the pairs that matter sit within a temperature (1/beta, ~1e-3 to 1e-4) of the
-    maximum, where bf16 operands' cosine error would decide which pairs push. On (1000, 64) and
-    (2000, 128) this exact, sharper end lowers the result by 1.5-2% (2 seeds each; sharpening in bf16
-    alone gains half of that).
+    From beta = exact_from * sqrt(d) on, beta grows by 1.2 a step, and on CPU the bf16-operand op
+    ('tensor_core') gives way to the fp32 one: near the end the pairs that matter sit within a
+    temperature (1/beta, ~1e-3 to 1e-4) of the maximum, where bf16 operands' cosine error (~1e-4)
+    would decide which pairs push. On the 2-core CPU this exact, sharper end lowered the result by
+    1.5-2% at (1000, 64), (2000, 128) and (10000, 512) (benchmarks/results, ...-exact-end.json). On
+    CUDA the engine stays (the exact SIMT kernel is several times slower there; not measured).
 
     Stops at max_iters force evaluations, after time_limit seconds, or when at the largest beta the
     best largest cosine has not improved for `patience` iterations ("converged").
@@ -131,8 +132,8 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
         sharpness: (first, last) beta / sqrt(d).
         growth, window: beta *= growth after `window` iterations without a new best.
         patience: iterations without a new best at the last beta before stopping.
-        exact_from: beta / sqrt(d) from which a bf16-operand engine is replaced by the exact one
-            (None: never; a custom `engine` is never replaced).
+        exact_from: beta / sqrt(d) where the end phase starts (faster growth; on CPU the fp32 op
+            replaces the bf16 one, a custom `engine` never is); None: no end phase.
         time_limit: seconds, or None.
         impl: the force implementation ('auto', 'simt', 'tensor_core', 'triton'); None picks
             nbody.default_impl(device): the bf16-operand op on CPU, the Triton kernel on CUDA.
@@ -157,7 +158,11 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
     engine, engine_name = _engine(x.device, impl, engine)
     beta = sharpness[0] * math.sqrt(d)
     beta_last = sharpness[1] * math.sqrt(d)
-    exact_beta = math.inf if exact_from is None or engine_name not in BF16_ENGINES else exact_from * math.sqrt(d)
+    # The end phase: from here beta grows faster, and on CPU a bf16-operand engine gives way to the
+    # fp32 op (1.7x its cost there). On CUDA the exact engine would be the SIMT kernel, 5-8x slower
+    # than the bf16 ones on an H200, a trade-off no GPU run has measured yet: the engine stays.
+    end_beta = math.inf if exact_from is None else exact_from * math.sqrt(d)
+    switch_engine = engine_name in BF16_ENGINES and x.device.type == "cpu"
     step_growth = growth
     velocity = torch.zeros_like(x)
     best_points = x.clone()
@@ -170,13 +175,14 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
     start = time.perf_counter()
     iteration = 0
     for iteration in range(1, max_iters + 1):
-        if beta >= exact_beta:
-            exact_beta = math.inf
-            engine, exact_name = force_engine(x.device, impl="auto")
-            engine_name = f"{engine_name}, then {exact_name}"
+        if beta >= end_beta:
+            end_beta = math.inf
             step_growth = max(growth, EXACT_GROWTH)
-            # The best so far was judged by bf16 cosines: judge it again, exactly.
-            best = float(engine(best_points, "lse", 1.0 / beta, shift=shift)[1].max())
+            if switch_engine:
+                engine, exact_name = force_engine(x.device, impl="auto")
+                engine_name = f"{engine_name}, then {exact_name}"
+                # The best so far was judged by bf16 cosines: judge it again, exactly.
+                best = float(engine(best_points, "lse", 1.0 / beta, shift=shift)[1].max())
         forces, row_max, _ = engine(x, "lse", 1.0 / beta, shift=shift)
         current = float(row_max.max())
         history.append(current)

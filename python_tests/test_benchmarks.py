@@ -83,7 +83,7 @@ def test_loss_dry_run_json(dry_run):
         if by_impl.get("triton", {}).get("status") == "ok":
             assert by_impl["triton"]["check_rel_diff"] < 1e-3
             tuning = by_impl["triton"]["details"]["autotuning"]["forward_sweep"]
-            assert set(tuning) == {"best", "last_tuning_ms"}
+            assert set(tuning) == {"tuned", "candidates_ms"}
 
 
 def test_centroids_dry_run_json(dry_run):
@@ -259,9 +259,13 @@ def test_autotune_report_reads_choice_and_candidate_timings():
         configs_timings = {"BLOCK_M: 64": [1.5, 1.4, 1.6], "BLOCK_M: 128": [float("inf"), 0.0, 0.0]}
 
     report = harness.autotune_report(FakeAutotuner())
-    assert report == {"best": {"(512, 1024)": "BLOCK_M: 64"},
-                      "last_tuning_ms": {"BLOCK_M: 64": 1.5, "BLOCK_M: 128": None}}
-    assert harness.autotune_report(object()) == {"best": {}, "last_tuning_ms": {}}
+    assert report == {"tuned": {"(512, 1024)": "BLOCK_M: 64"},
+                      "candidates_ms": {"BLOCK_M: 64": 1.5, "BLOCK_M: 128": None}}
+    # a key tuned before the case (an earlier case in the same process) is not this case's
+    assert harness.autotune_report(FakeAutotuner(), harness.autotune_keys(FakeAutotuner())) == \
+        {"tuned": {}, "candidates_ms": {}}
+    assert harness.autotune_keys(object()) == set()
+    assert harness.autotune_report(object()) == {"tuned": {}, "candidates_ms": {}}
 
 
 def test_trajectory_takes_the_recorded_times():
