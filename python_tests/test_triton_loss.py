@@ -265,3 +265,30 @@ def test_fp32_dot_precision_follows_torch(monkeypatch):
             assert cfg.dot_precision(torch.bfloat16, torch.bfloat16) == "ieee"
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_one_slice_with_a_k_loop(dtype, monkeypatch):
+    """The tile family where one slice holds all of d but the cosine GEMM loops over chunks of it
+    (BLOCK_K < D_SLICE = D_PAD; on a GPU the d = 512 candidate (64, 32, 64, 512)). The autotuner of
+    the GPU tests is off and the interpreter's one config never has this shape, so it is forced here."""
+    from pedcc_kernels.kernels import fused_loss_bwd, fused_loss_config, fused_loss_fwd
+
+    dim = 40 if not ON_GPU else 512
+    d_pad = fused_loss_config.padded_dim(dim)
+    block = 16 if not ON_GPU else 64
+    config = fused_loss_config.tile_config(block, 16 if not ON_GPU else 32, block, d_pad, 4 if not ON_GPU else 8, 1)
+    for module in (fused_loss_fwd, fused_loss_bwd):
+        monkeypatch.setattr(module, "sweep_configs", lambda d_pad, fp32: [config])
+    kernels = (fused_loss_fwd.forward_sweep_kernel, fused_loss_bwd.grad_centroids_sweep_kernel)
+    for kernel in kernels:
+        kernel.cache_clear()
+    try:
+        x, y, w = make_inputs(21, 50, dim, seed=13, x_dtype=dtype, ignore_index=-100)
+        check_against_truth(x, y, w, f"one slice, K loop, {dtype}")
+        fp32 = fused_loss_config.fp32_operands(dtype)
+        assert all(kernel(d_pad, fp32).configs == [config] for kernel in kernels)
+        assert config.kwargs["BLOCK_K"] < config.kwargs["D_SLICE"] == d_pad
+    finally:
+        for kernel in kernels:  # later tests get the real configs back
+            kernel.cache_clear()
