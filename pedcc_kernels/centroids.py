@@ -95,7 +95,8 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
         max_iters: cap on force evaluations of the iterative methods (default 3000 for
             'repulsion', 200 for 'pedcc' as in the authors' code).
         time_limit: seconds after which 'repulsion' returns its best point set so far (None: run
-            until it converges or reaches max_iters).
+            until it converges or reaches max_iters; (10000, 512) converged after 778 s on a 2-core
+            CPU, 0.0525 at 570 s).
         impl: the force implementation of the iterative methods ('auto', 'simt', 'tensor_core',
             'triton'; see `nbody_forces`); None: nbody.default_impl of the device.
         progress: show a progress bar (iteration, largest cosine, time) for the iterative methods.
