@@ -13,7 +13,7 @@ recomputes the full cosine tile (K loop over d) and accumulates only its slice. 
 cosine GEMM per extra slice (d = 1024 in 2 slices of 512: 6 instead of 4 N*C*d units of work; in 4
 slices of 256: 10) but keeps large tiles on the tensor cores. Both kinds are candidates at d >= 256
 and the autotuner picks per shape. Float32 operands (3xTF32) need twice the registers and shared
-memory, so they always use K chunks of 32 and slices of at most 128.
+memory, so they use K chunks of 32 and slices of 128, or chunks of 16 and slices of 256.
 
 Splits: the grid over row blocks alone is small (N = 1024 in blocks of 64 gives 16 programs for 132
 SMs), so the forward also splits the classes into equal pieces (as FlashDecoding splits the keys)
@@ -88,11 +88,12 @@ def sweep_configs(d_pad: int, fp32: bool) -> list:
 
     The GPU candidates were compiled for sm_90 with the ptxas bundled in Triton (both sweeps; bf16,
     fp16, fp32 and mixed inputs). Where d is a multiple of 16, none spills more than about 200 bytes
-    of registers (but the last d = 512 candidate, 280) and each half-precision list has one that
-    spills nothing (unaligned rows spill more); shared memory stays under 200 KB. Larger tiles (BLOCK_N = 128, or a 128-row one-pass block
-    at d = 256) spill kilobytes and are left out. Under the interpreter there
-    is one config (its autotuner cannot bench several) whose shape still exercises the sliced path
-    (d > 32), so CPU tests cover both code paths.
+    of registers but the last d = 512 half-precision candidate (280) and the last fp32 one (340, at
+    d = 256, 512 and 1024), and each half-precision list has one that spills nothing (unaligned rows
+    spill more); shared memory stays under 200 KB. Larger tiles (BLOCK_N = 128, or a 128-row
+    one-pass block at d = 256) spill kilobytes and are left out. Under the interpreter there is one
+    config (its autotuner cannot bench several) whose shape still exercises the sliced path (d > 32),
+    so CPU tests cover both code paths.
     """
     if INTERPRET:
         tile = min(d_pad, 32)
@@ -105,8 +106,12 @@ def _gpu_candidates(d_pad: int, fp32: bool) -> list:
     if fp32:
         if d_pad <= 64:
             return [tile_config(64, 32, d_pad, d_pad, 4, 2), tile_config(128, 32, d_pad, d_pad, 8, 2)]
-        return [tile_config(64, 32, 32, 128, 8, 3), tile_config(128, 32, 32, 128, 8, 3),
-                tile_config(64, 32, 32, 128, 4, 3)]
+        sliced = [tile_config(64, 32, 32, 128, 8, 3), tile_config(128, 32, 32, 128, 8, 3),
+                  tile_config(64, 32, 32, 128, 4, 3)]
+        # Half as many slices (each recomputes the cosine GEMM in three tf32 passes) with K chunks of
+        # 16: 340 / 52 bytes of spills in the forward / dL/dW sweep at d = 512 (forward: the same at
+        # 256 and 1024; ptxas sm_90a; unmeasured, the autotuner decides).
+        return sliced + ([tile_config(64, 32, 16, 256, 8, 2)] if d_pad >= 256 else [])
     if d_pad <= 128:
         return [tile_config(128, 64, d_pad, d_pad, 8, 3), tile_config(64, 64, d_pad, d_pad, 4, 3),
                 tile_config(128, 32, d_pad, d_pad, 8, 3)]
