@@ -38,6 +38,14 @@ static_assert(kSimtRows == kSimtSide * kSimtMicro && kSimtThreads == kSimtSide *
 
 __device__ __forceinline__ float max_keep_first(float best, float c) { return c > best ? c : best; }
 
+// One warp projects a_i on the tangent space at x_i, in place: a_i <- -(a_i - (a_i . x_i) x_i).
+__device__ __forceinline__ void project_row_on_tangent(float* a, const float* xi, int64_t d, int lane) {
+  float radial = 0.f;
+  for (int64_t k = lane; k < d; k += 32) radial = fmaf(a[k], xi[k], radial);
+  for (int offset = 16; offset > 0; offset /= 2) radial += __shfl_xor_sync(0xffffffffu, radial, offset);
+  for (int64_t k = lane; k < d; k += 32) a[k] = -(a[k] - radial * xi[k]);
+}
+
 __global__ void __launch_bounds__(kSimtThreads)
 nbody_simt_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, float param, float shift,
                   float* __restrict__ forces, float* __restrict__ max_cos, float* __restrict__ energy) {
@@ -145,12 +153,7 @@ nbody_simt_kernel(const float* __restrict__ x, int64_t C, int64_t d, int kind, f
   for (int r = warp; r < kSimtRows; r += kSimtThreads / 32) {
     const int64_t gi = row0 + r;
     if (gi >= C) break;
-    float* a = forces + gi * d;
-    const float* xi = x + gi * d;
-    float radial = 0.f;
-    for (int64_t k = lane; k < d; k += 32) radial = fmaf(a[k], xi[k], radial);
-    for (int offset = 16; offset > 0; offset /= 2) radial += __shfl_xor_sync(0xffffffffu, radial, offset);
-    for (int64_t k = lane; k < d; k += 32) a[k] = -(a[k] - radial * xi[k]);
+    project_row_on_tangent(forces + gi * d, x + gi * d, d, lane);
   }
 }
 
@@ -424,15 +427,9 @@ nbody_tc_kernel(const __nv_bfloat16* __restrict__ xh, int64_t C, int64_t d, int6
 
 // forces_i <- -(a_i - (a_i . x_i) x_i), in place: one warp per row.
 __global__ void project_tangent_kernel(const float* __restrict__ x, int64_t C, int64_t d, float* __restrict__ forces) {
-  const int lane = threadIdx.x % 32;
   const int64_t i = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (i >= C) return;  // whole warps leave together
-  float* a = forces + i * d;
-  const float* xi = x + i * d;
-  float radial = 0.f;
-  for (int64_t k = lane; k < d; k += 32) radial = fmaf(a[k], xi[k], radial);
-  for (int offset = 16; offset > 0; offset /= 2) radial += __shfl_xor_sync(0xffffffffu, radial, offset);
-  for (int64_t k = lane; k < d; k += 32) a[k] = -(a[k] - radial * xi[k]);
+  project_row_on_tangent(forces + i * d, x + i * d, d, threadIdx.x % 32);
 }
 
 int shared_optin_bytes() {

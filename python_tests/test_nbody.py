@@ -112,30 +112,41 @@ def test_shifted_lse_matches_dense_float64(temperature, offset, dtype):
 # potentials amplify into the forces (r^-s at r = 0.4, the closest pair at (37, 7)); 3% of their scale
 # up to s = 2 (r^-4 loses 6% there: bf16 operands do not suit steep potentials on close points).
 BF16_OPERANDS_TOLERANCE = 0.03
+BF16_CASES = [("coulomb", 1.0, None), ("riesz", 2.0, None), ("lse", 0.05, None), ("lse", 0.005, 0.0),
+              ("lse", 0.002, -0.01), ("hinge", 0.05, None), ("hinge", -0.2, None)]
+
+
+def check_bf16_operands_against_truth(points, potential, param, offset, run, tolerance=BF16_OPERANDS_TOLERANCE):
+    """Runs run(points, shift) -> (forces, max_cos, energy) of an implementation with bf16 operands and
+    checks each output against float64: no further from the truth than the exact math on the
+    bf16-rounded points, plus `tolerance` of the largest true value (a single point: zero forces and
+    energy, max_cos -inf). Returns the outputs (on their device) and the shift used."""
+    shift = 0.0 if offset is None or points.shape[0] == 1 else largest_cosine(points) + offset
+    fast = run(points, shift)
+    rounded = dense_truth(points.bfloat16().double(), potential, param, shift)
+    truth = dense_truth(points.double(), potential, param, shift)
+    for name, a, ref, true in zip(("forces", "max_cos", "energy"), fast, rounded, truth):
+        assert a.dtype == torch.float32 and a.shape == true.shape, name
+        a = a.cpu().double()
+        if points.shape[0] == 1:
+            assert a.item() == -math.inf if name == "max_cos" else a.abs().max().item() == 0, name
+            continue
+        scale = true.abs().max().item()
+        err = (a - true).abs()
+        allowed = (ref - true).abs() + tolerance * scale
+        assert (err <= allowed).all(), f"{name} {potential}({param}): error {err.max().item():.3e} / {scale:.3e}"
+    return fast, shift
 
 
 @needs_ext
-@pytest.mark.parametrize("potential,param,offset", [("coulomb", 1.0, None), ("riesz", 2.0, None),
-                                                    ("lse", 0.05, None), ("lse", 0.005, 0.0), ("lse", 0.002, -0.01),
-                                                    ("hinge", 0.05, None)])
+@pytest.mark.parametrize("potential,param,offset", BF16_CASES)
 @pytest.mark.parametrize("shape", [(1, 4), (37, 7), (300, 130)])
 def test_cpu_bf16_operands_match_dense_float64(potential, param, offset, shape):
     """impl='tensor_core' on CPU (bf16 operands) against float64: no further from the truth than the
     exact math on the bf16-rounded points, plus the tolerance above."""
     points = random_points(*shape, seed=11, dtype=torch.float32)
-    shift = 0.0 if offset is None or shape[0] == 1 else largest_cosine(points) + offset
-    fast = nbody_forces(points, potential, param, impl="tensor_core", shift=shift)
-    rounded = dense_truth(points.bfloat16().double(), potential, param, shift)
-    truth = dense_truth(points.double(), potential, param, shift)
-    for name, a, ref, true in zip(("forces", "max_cos", "energy"), fast, rounded, truth):
-        assert a.dtype == torch.float32, name
-        if shape[0] == 1:
-            assert a.item() == -math.inf if name == "max_cos" else a.abs().max().item() == 0, name
-            continue
-        scale = true.abs().max().item()
-        err = (a.double() - true).abs()
-        allowed = (ref - true).abs() + BF16_OPERANDS_TOLERANCE * scale
-        assert (err <= allowed).all(), f"{name} {potential}({param}): error {err.max().item():.3e} / {scale:.3e}"
+    fast, shift = check_bf16_operands_against_truth(
+        points, potential, param, offset, lambda p, s: nbody_forces(p, potential, param, impl="tensor_core", shift=s))
     if shape[0] > 1:  # and the operands really are bf16: the cosines move in the 4th digit or so
         exact = nbody_forces(points, potential, param, shift=shift)[1]
         assert (fast[1] - exact).abs().max().item() > 1e-6
@@ -250,9 +261,7 @@ def test_cuda_shifted_lse_matches_cpu_op():
 # H100-class GPU d <= 560 double-buffers the column tiles and (65, 576), (300, 700), (40, 864) take the
 # single-buffered path in two slices, the second partly past d (864: the largest d that fits).
 @needs_cuda_op
-@pytest.mark.parametrize("potential,param,offset", [("coulomb", 1.0, None), ("riesz", 2.0, None),
-                                                    ("lse", 0.05, None), ("lse", 0.005, 0.0), ("lse", 0.002, -0.01),
-                                                    ("hinge", 0.05, None), ("hinge", -0.2, None)])
+@pytest.mark.parametrize("potential,param,offset", BF16_CASES)
 @pytest.mark.parametrize("shape", [(1, 8), (3, 5), (37, 7), (65, 16), (257, 129), (63, 560), (1000, 512), (65, 576),
                                    (300, 700), (40, 864)])
 def test_cuda_tensor_core_matches_dense_float64(potential, param, offset, shape):
@@ -260,20 +269,10 @@ def test_cuda_tensor_core_matches_dense_float64(potential, param, offset, shape)
     float64: no further from the truth than the exact math on the bf16-rounded points, plus the
     tolerance of the CPU's bf16 operands."""
     points = random_points(*shape, seed=shape[0] + shape[1], dtype=torch.float32)
-    shift = 0.0 if offset is None or shape[0] == 1 else largest_cosine(points) + offset
-    fast = nbody_forces(points.cuda(), potential, param, impl="tensor_core", shift=shift)
-    rounded = dense_truth(points.bfloat16().double(), potential, param, shift)
-    truth = dense_truth(points.double(), potential, param, shift)
-    for name, a, ref, true in zip(("forces", "max_cos", "energy"), fast, rounded, truth):
-        assert a.dtype == torch.float32 and a.shape == true.shape and a.is_cuda, name
-        a = a.cpu().double()
-        if shape[0] == 1:
-            assert a.item() == -math.inf if name == "max_cos" else a.abs().max().item() == 0, name
-            continue
-        scale = true.abs().max().item()
-        err = (a - true).abs()
-        allowed = (ref - true).abs() + BF16_OPERANDS_TOLERANCE * scale
-        assert (err <= allowed).all(), f"{name} {potential}({param}): error {err.max().item():.3e} / {scale:.3e}"
+    fast, shift = check_bf16_operands_against_truth(
+        points, potential, param, offset,
+        lambda p, s: nbody_forces(p.cuda(), potential, param, impl="tensor_core", shift=s))
+    assert all(t.is_cuda for t in fast)
     if shape[0] > 1 and tensor_core_kernel_runs(shape[1]):  # not the SIMT fallback: cosines move a little
         exact = nbody_forces(points.cuda(), potential, param, impl="simt", shift=shift)[1]
         assert (fast[1] - exact).abs().max().item() > 1e-6

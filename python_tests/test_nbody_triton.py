@@ -11,7 +11,7 @@ from pedcc_kernels import _ext
 from pedcc_kernels.centroids import centroid_stats, random_centroids
 from pedcc_kernels.nbody import nbody_forces
 from pedcc_kernels.sphere_repulsion import repulsion
-from test_nbody import dense_truth, largest_cosine, random_points
+from test_nbody import BF16_CASES, check_bf16_operands_against_truth, largest_cosine, random_points
 
 pytest.importorskip("triton")
 
@@ -21,30 +21,18 @@ DEVICE = "cuda" if ON_GPU else "cpu"
 TOLERANCE = 0.03
 # d > 16 runs the interpreter's one config with a K loop and several d slices.
 SHAPES = [(1, 4), (3, 5), (37, 7), (45, 40)] + ([(300, 130), (1000, 512)] if ON_GPU else [])
-CASES = [("coulomb", 1.0, None), ("riesz", 2.0, None), ("lse", 0.05, None), ("lse", 0.005, 0.0),
-         ("lse", 0.002, -0.01), ("hinge", 0.05, None), ("hinge", -0.2, None)]
 
 
-@pytest.mark.parametrize("potential,param,offset", CASES)
+@pytest.mark.parametrize("potential,param,offset", BF16_CASES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_triton_matches_dense_float64(potential, param, offset, shape):
     """No further from the truth than the exact math on the bf16-rounded points, plus TOLERANCE of
     the largest true value."""
     points = random_points(*shape, seed=shape[0] + shape[1], dtype=torch.float32)
-    shift = 0.0 if offset is None or shape[0] == 1 else largest_cosine(points) + offset
-    fast = nbody_forces(points.to(DEVICE), potential, param, impl="triton", shift=shift)
-    rounded = dense_truth(points.bfloat16().double(), potential, param, shift)
-    truth = dense_truth(points.double(), potential, param, shift)
-    for name, a, ref, true in zip(("forces", "max_cos", "energy"), fast, rounded, truth):
-        assert a.dtype == torch.float32 and a.shape == true.shape and a.device.type == DEVICE, name
-        a = a.cpu().double()
-        if shape[0] == 1:
-            assert a.item() == -math.inf if name == "max_cos" else a.abs().max().item() == 0, name
-            continue
-        scale = true.abs().max().item()
-        err = (a - true).abs()
-        allowed = (ref - true).abs() + TOLERANCE * scale
-        assert (err <= allowed).all(), f"{name} {potential}({param}): error {err.max().item():.3e} / {scale:.3e}"
+    fast, _ = check_bf16_operands_against_truth(
+        points, potential, param, offset,
+        lambda p, s: nbody_forces(p.to(DEVICE), potential, param, impl="triton", shift=s), tolerance=TOLERANCE)
+    assert all(t.device.type == DEVICE for t in fast)
 
 
 def test_triton_forces_are_tangential_and_push_apart():
