@@ -219,7 +219,7 @@ def fastest_validated_impl(records, among=None):
 
 
 def main(argv=None):
-    from pedcc_kernels.nbody import POTENTIALS
+    from pedcc_kernels.nbody import IMPLS, POTENTIALS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
@@ -236,7 +236,7 @@ def main(argv=None):
     parser.add_argument("--repulsion-iters", type=int, default=None, help="iteration cap of method='repulsion'")
     parser.add_argument("--repulsion-time-limit", type=float, default=None,
                         help="seconds after which method='repulsion' returns its best so far")
-    parser.add_argument("--optimiser-impl", choices=("auto", "simt", "tensor_core", "triton", "fastest"),
+    parser.add_argument("--optimiser-impl", choices=(*IMPLS, "fastest"),
                         default=None, help="force op implementation of repulsion and pedcc (default: the device's "
                         "own; fastest: the quickest of the force section that agrees with torch)")
     parser.add_argument("--fastest-among", nargs="+", default=None, choices=FORCE_IMPLS["cuda"][:-1],

@@ -26,8 +26,7 @@ CHUNK_BYTES = 32 << 20
 def _check_potential(potential, param, shift=0.0):
     if potential not in POTENTIALS:
         raise ValueError(f"potential must be one of {POTENTIALS}, got {potential!r}")
-    if isinstance(param, bool) or not isinstance(param, (int, float)):
-        raise TypeError(f"param must be a real number, got {type(param).__name__}")
+    check_scalar("param", param)
     if potential in ("riesz", "lse") and not param > 0:
         name = "the Riesz exponent s" if potential == "riesz" else "the temperature t"
         raise ValueError(f"param ({name}) must be > 0, got {param}")

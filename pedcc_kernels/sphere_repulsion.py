@@ -210,7 +210,7 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
         rms = torch.linalg.vector_norm(forces).div_(math.sqrt(c)).clamp_min_(1e-30)  # RMS force per point
         velocity.mul_(momentum).addcdiv_(forces, rms, value=1.0 - momentum)
         _tangent_step(x, velocity, lr / beta)
-        velocity.sub_((velocity * x).sum(dim=1, keepdim=True) * x)
+        velocity.addcmul_(torch.linalg.vecdot(velocity, x).unsqueeze_(1), x, value=-1.0)
     bar.close()
     return OptimiserResult(best_points, history, iteration, time.perf_counter() - start, reason, engine_name, times)
 

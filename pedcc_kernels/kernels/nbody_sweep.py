@@ -27,15 +27,16 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from .. import nbody as _nbody
 from .fused_loss_config import AUTOTUNE, INTERPRET, padded_dim, size_key, tile_config
 from .tile_dot import sliced_dot_t
 
-# Potential ids and constants: csrc/nbody.h is the reference (pair_potential).
-POTENTIAL_IDS = {"coulomb": 0, "riesz": 1, "lse": 2, "hinge": 3}
-MIN_SQUARED_DISTANCE = tl.constexpr(1e-6)
-LSE_EXPONENT_CAP = tl.constexpr(60.0)
-LSE_EXPONENT_FLOOR = tl.constexpr(-87.0)
-LSE_CAP_VALUE = tl.constexpr(math.exp(60.0))
+# Potential ids and constants: nbody.py's copy of csrc/nbody.h (pair_potential), as kernel constants.
+POTENTIAL_IDS = {p: i for i, p in enumerate(_nbody.POTENTIALS)}
+MIN_SQUARED_DISTANCE = tl.constexpr(_nbody.MIN_SQUARED_DISTANCE)
+LSE_EXPONENT_CAP = tl.constexpr(_nbody.LSE_EXPONENT_CAP)
+LSE_EXPONENT_FLOOR = tl.constexpr(_nbody.LSE_EXPONENT_FLOOR)
+LSE_CAP_VALUE = tl.constexpr(math.exp(_nbody.LSE_EXPONENT_CAP))
 
 
 @triton.jit
