@@ -14,6 +14,7 @@ import torch
 import pedcc_kernels as pk
 
 from conftest import DEVICE, ON_GPU
+from pedcc_kernels.kernels.fused_loss_config import LOSS_STRATEGIES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,8 +52,10 @@ def test_torch_backend_compiles_without_graph_breaks():
 
 
 @pytest.mark.skipif(not ON_GPU, reason="the Triton interpreter (CPU) cannot be compiled through")
+@pytest.mark.parametrize("strategy", LOSS_STRATEGIES)
 @pytest.mark.parametrize("features_dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_triton_backend_compiles_without_graph_breaks(features_dtype):
+def test_triton_backend_compiles_without_graph_breaks(features_dtype, strategy, monkeypatch):
+    monkeypatch.setenv("PEDCC_TRITON_LOSS", strategy)
     torch._dynamo.reset()
     assert_same(*compiled_vs_eager("triton", features_dtype), tol=1e-4 if features_dtype == torch.float32 else 2e-2)
 
@@ -81,6 +84,7 @@ import pedcc_kernels.loss
 pedcc_kernels.loss.triton_usable = lambda device: True
 
 graphs = {}
+shapes = {}
 
 
 class Traced(Exception):
@@ -90,6 +94,8 @@ class Traced(Exception):
 def capture(kind):
     def compiler(gm, example_inputs):
         graphs[kind] = [(str(n.target), dict(n.kwargs)) for n in gm.graph.nodes if n.op == "call_function"]
+        outputs = [n for n in gm.graph.nodes if n.op == "output"][0].args[0]
+        shapes[kind] = [list(o.meta["val"].shape) for o in outputs if hasattr(o, "meta") and "val" in o.meta]
 
         def never_run(*args):
             raise Traced()
@@ -116,26 +122,40 @@ with functorch_config.patch(force_non_lazy_backward_lowering=True):
 report = {}
 for kind, nodes in graphs.items():
     kernels = [kw for target, kw in nodes if "triton_kernel_wrapper" in target]
-    report[kind] = {"kernels": len(kernels),
+    report[kind] = {"kernels": len(kernels), "output_shapes": shapes[kind],
+                    "matmuls": sum(target.startswith("aten.mm") for target, _ in nodes),
                     "cloned": sorted({name for kw in kernels for name in kw.get("tensors_to_clone", [])})}
 print(json.dumps(report))
 """
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the triton backend compiles and runs for real (tests above)")
-def test_triton_ops_trace_into_their_kernels():
+@pytest.mark.parametrize("strategy", LOSS_STRATEGIES)
+def test_triton_ops_trace_into_their_kernels(strategy):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env["PEDCC_TRITON_LOSS"] = strategy
     done = subprocess.run([sys.executable, "-c", TRACE_SCRIPT], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    # forward: two row-norm kernels, the class sweep, the merge; backward: dL/dx, dL/dW sweep and finish
+    # sweep: forward = two row-norm kernels, the class sweep, the merge; backward = dL/dx, dL/dW sweep
+    # and finish. gemm (30 classes: one chunk): forward = two row norms, the chunk softmax, the finish,
+    # between the GEMMs x W^T and P W; backward = dL/dx, the logit gradients and the dL/dW finish,
+    # between the GEMMs x W^T and G^T x.
     assert report["forward"]["kernels"] == 4
     assert report["backward"]["kernels"] == 3
+    # (the model's Linear adds an addmm to the forward and one mm, its weight gradient, to the backward)
+    loss_matmuls = 2 if strategy == "gemm" else 0
+    assert report["forward"]["matmuls"] == loss_matmuls and report["backward"]["matmuls"] == loss_matmuls + 1, report
+    # The forward's outputs are the loss and what the backward keeps: nothing of N x C (the dot
+    # products of a chunk were kept when the backward's GEMM could be merged with the forward's).
+    n_rows, n_classes = 16, 30
+    kept = report["forward"]["output_shapes"]
+    assert [n_classes, 8] in kept and not [s for s in kept if n_rows in s and n_classes in s], kept
     # The mutation analysis must find that the kernels only write their output buffers; had it failed
     # it would report every argument, and each call would clone the features and the centroids.
-    read_only = {"x_ptr", "w_ptr", "t_ptr", "labels_ptr", "grad_am_ptr", "grad_cos_ptr"}
+    read_only = {"x_ptr", "w_ptr", "t_ptr", "dots_ptr", "labels_ptr", "grad_am_ptr", "grad_cos_ptr"}
     for kind in ("forward", "backward"):
         cloned = set(report[kind]["cloned"])
         assert cloned, kind

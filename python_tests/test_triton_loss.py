@@ -1,16 +1,20 @@
 """The fused Triton loss (backend='triton') against the float64 reference: values, dL/dx and dL/dW.
 
-The same file runs on CPU under TRITON_INTERPRET=1 (tiny shapes, set by conftest) and on a GPU
-without the interpreter (larger shapes). Rule of DESIGN §6: |fast - truth| <= |reference in the same
+Every test runs for both strategies of the backend (PEDCC_TRITON_LOSS: 'sweep', the fused sweep
+kernels, and 'gemm', library GEMMs over chunks of classes with Triton softmax kernels). The same
+file runs on CPU under TRITON_INTERPRET=1 (tiny shapes, set by conftest) and on a GPU without the
+interpreter (larger shapes). Rule of DESIGN §6: |fast - truth| <= |reference in the same
 dtype - truth| + tol, with truth the reference in float64 on the same (rounded) inputs.
 """
 import pytest
 import torch
+import triton
 
 import pedcc_kernels as pk
 from pedcc_kernels.reference import loss_dtype, pedcc_loss_reference
 
 from conftest import DEVICE, ON_GPU, assert_close_to_truth
+from pedcc_kernels.kernels.fused_loss_config import LOSS_STRATEGIES
 
 # (N, C, d). Under the interpreter the sweep tiles are 16 x 16 with d-tiles of 32, class pieces of
 # 16 and row pieces of 16 (kernels/fused_loss_config.py), so these cover N = 1, C = 1, sizes that
@@ -25,6 +29,12 @@ OPTION_SHAPE = (300, 5000, 64) if ON_GPU else (19, 37, 20)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # The interpreter turns loop bounds computed from program ids into ints through numpy's deprecated path.
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True, params=LOSS_STRATEGIES)
+def strategy(request, monkeypatch):
+    monkeypatch.setenv("PEDCC_TRITON_LOSS", request.param)
+    return request.param
 
 
 def make_inputs(n_rows, n_classes, dim, seed, x_dtype=torch.float32, w_dtype=None, ignore_index=None):
@@ -251,9 +261,12 @@ def test_offsets_past_int32(n_rows, n_classes, dim, need_gib):
     torch.testing.assert_close(grad_x[rows].float(), expected_grad.float(), atol=1e-2, rtol=2e-2)
 
 
-def test_fp32_dot_precision_follows_torch(monkeypatch):
-    """fp32 operands: 3xTF32 at torch's 'highest', one TF32 pass where torch allows TF32 itself;
-    half operands and the interpreter are unaffected."""
+def test_fp32_dot_precision_follows_torch(monkeypatch, strategy):
+    """fp32 operands of the sweep: 3xTF32 at torch's 'highest', one TF32 pass where torch allows TF32
+    itself; half operands and the interpreter are unaffected. (The 'gemm' strategy's torch.mm follows
+    torch's setting by itself.)"""
+    if strategy != "sweep":
+        pytest.skip("sweep kernels only")
     from pedcc_kernels.kernels import fused_loss_config as cfg
 
     monkeypatch.setattr(cfg, "INTERPRET", False)
@@ -268,10 +281,12 @@ def test_fp32_dot_precision_follows_torch(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_one_slice_with_a_k_loop(dtype, monkeypatch):
+def test_one_slice_with_a_k_loop(dtype, monkeypatch, strategy):
     """The tile family where one slice holds all of d but the cosine GEMM loops over chunks of it
     (BLOCK_K < D_SLICE = D_PAD; on a GPU the d = 512 candidate (64, 32, 64, 512)). The autotuner of
     the GPU tests is off and the interpreter's one config never has this shape, so it is forced here."""
+    if strategy != "sweep":
+        pytest.skip("sweep kernels only")
     from pedcc_kernels.kernels import fused_loss_bwd, fused_loss_config, fused_loss_fwd
 
     dim = 40 if not ON_GPU else 512
@@ -292,3 +307,19 @@ def test_one_slice_with_a_k_loop(dtype, monkeypatch):
     finally:
         for kernel in kernels:  # later tests get the real configs back
             kernel.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gemm_strategy_over_many_chunks(dtype, monkeypatch, strategy):
+    """On a GPU the test shapes fit one chunk of the 'gemm' strategy; chunks of 256 classes here make
+    2500 classes take 10 (a partial last one), so the online softmax across chunks and the folding of
+    each chunk's P W product are exercised (under the interpreter chunks have 16 classes anyway)."""
+    if strategy != "gemm":
+        pytest.skip("gemm strategy only")
+    from pedcc_kernels.kernels import gemm_loss
+
+    monkeypatch.setattr(gemm_loss, "CHUNK_BYTES", 1)
+    shape = (257, 2500, 512) if ON_GPU else (19, 37, 20)
+    x, y, w = make_inputs(*shape, seed=15, x_dtype=dtype, ignore_index=-100)
+    assert triton.cdiv(shape[1], gemm_loss.chunk_classes(shape[0], shape[1], x.element_size())) >= 3
+    check_against_truth(x, y, w, f"many chunks {dtype}", s=30.0)

@@ -19,7 +19,8 @@ from ..reference import combine_rows, loss_dtype
 from .fused_loss_bwd import (grad_centroids_finish_kernel, grad_centroids_sweep_keys,
                              grad_centroids_sweep_kernel, grad_features_kernel)
 from .fused_loss_config import (INTERPRET, MAX_TILE_ROWS, NOMINAL_BLOCK, ROWWISE_BLOCK_D, ROWWISE_BLOCK_ROWS,
-                                ROWWISE_WARPS, dot_precision, fp32_operands, padded_dim, split_evenly)
+                                ROWWISE_WARPS, dot_precision, fp32_operands, loss_strategy, padded_dim,
+                                split_evenly)
 from .fused_loss_fwd import (combine_pieces_kernel, forward_sweep_keys, forward_sweep_kernel,
                              row_norm_kernel)
 
@@ -157,31 +158,36 @@ def row_loss_grad_centroids(grad_am: torch.Tensor, grad_cos: torch.Tensor, featu
     return grad_w
 
 
-def _save_for_backward(ctx, inputs, output):
+def save_for_backward(ctx, inputs, output):
     features, centroids, labels, s, m, _ = inputs
     _, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass = output
     ctx.save_for_backward(features, centroids, labels, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass)
     ctx.s, ctx.m = s, m
 
 
-def _backward(ctx, grad_am, grad_cos, *unused_grads):
-    features, centroids, labels, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass = ctx.saved_tensors
-    grad_am = torch.zeros_like(lse) if grad_am is None else grad_am.float().contiguous()
-    grad_cos = torch.zeros_like(lse) if grad_cos is None else grad_cos.float().contiguous()
-    grad_x = grad_w = None
-    if ctx.needs_input_grad[0]:
-        if off_o.shape[0] != features.shape[0]:
-            raise RuntimeError("pedcc_triton::row_loss ran with need_dx=False; call it with need_dx=True "
-                               "when features require grad")
-        grad_x = row_loss_grad_features(grad_am, grad_cos, features, centroids, labels, x_norm, w_norm,
-                                        off_o, off_pcos, off_mass, target_cos, ctx.s)
-    if ctx.needs_input_grad[1]:
-        grad_w = row_loss_grad_centroids(grad_am, grad_cos, features, centroids, labels, x_norm, w_norm,
-                                         lse, ctx.s, ctx.m)
-    return grad_x, grad_w, None, None, None, None
+def backward_with(op_name, grad_centroids):
+    """The autograd backward of a row-loss op (pedcc_triton::row_loss or its 'gemm' twin, same
+    outputs): dL/dx from the saved rows, dL/dW by the op's own centroid pass `grad_centroids`."""
+    def backward(ctx, grad_am, grad_cos, *unused_grads):
+        features, centroids, labels, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass = ctx.saved_tensors
+        grad_am = torch.zeros_like(lse) if grad_am is None else grad_am.float().contiguous()
+        grad_cos = torch.zeros_like(lse) if grad_cos is None else grad_cos.float().contiguous()
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            if off_o.shape[0] != features.shape[0]:
+                raise RuntimeError(f"{op_name} ran with need_dx=False; call it with need_dx=True "
+                                   "when features require grad")
+            grad_x = row_loss_grad_features(grad_am, grad_cos, features, centroids, labels, x_norm, w_norm,
+                                            off_o, off_pcos, off_mass, target_cos, ctx.s)
+        if ctx.needs_input_grad[1]:
+            grad_w = grad_centroids(grad_am, grad_cos, features, centroids, labels, x_norm, w_norm,
+                                    lse, ctx.s, ctx.m)
+        return grad_x, grad_w, None, None, None, None
+    return backward
 
 
-row_loss.register_autograd(_backward, setup_context=_save_for_backward)
+row_loss.register_autograd(backward_with("pedcc_triton::row_loss", row_loss_grad_centroids),
+                           setup_context=save_for_backward)
 
 
 def pedcc_loss_triton(features, labels, centroids, *, s, m, n, lam, reduction, mse_reduction, ignore_index):
@@ -199,7 +205,11 @@ def pedcc_loss_triton(features, labels, centroids, *, s, m, n, lam, reduction, m
     valid = labels != ignore_index
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
     need_dx = features.requires_grad and torch.is_grad_enabled()
-    row_am, target_cos, *_ = row_loss(features, centroids, safe_labels, float(s), float(m), need_dx)
+    if loss_strategy() == "gemm":
+        from .gemm_loss import row_loss_gemm as op
+    else:
+        op = row_loss
+    row_am, target_cos, *_ = op(features, centroids, safe_labels, float(s), float(m), need_dx)
     out_dtype = loss_dtype(torch.promote_types(features.dtype, centroids.dtype))
     return combine_rows(row_am.to(out_dtype), target_cos.to(out_dtype), valid, lam=lam, n=n,
                         reduction=reduction, mse_reduction=mse_reduction)

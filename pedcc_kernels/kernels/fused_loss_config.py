@@ -36,6 +36,20 @@ PIECE_ALIGN = 16 if INTERPRET else 256
 # A piece must carry enough GEMM work to hide the O(N*d) cost of merging it.
 MIN_PIECE = 16 if INTERPRET else 1024
 NOMINAL_BLOCK = 16 if INTERPRET else 64
+# How the Triton backend computes the loss: 'sweep' (one fused Triton sweep over the centroids, the
+# default: the strategy measured on a GPU) or 'gemm' (library GEMMs over chunks of classes with the
+# softmax in Triton, gemm_loss.py). Read at each call, so a benchmark can compare both.
+LOSS_STRATEGIES = ("sweep", "gemm")
+
+
+def loss_strategy() -> str:
+    """The strategy named by PEDCC_TRITON_LOSS ('sweep' when unset)."""
+    chosen = os.environ.get("PEDCC_TRITON_LOSS", "sweep")
+    if chosen not in LOSS_STRATEGIES:
+        raise ValueError(f"PEDCC_TRITON_LOSS must be one of {LOSS_STRATEGIES}, got {chosen!r}")
+    return chosen
+
+
 # Largest BLOCK_M / BLOCK_N of any config: bounds the int32 offsets inside a tile.
 MAX_TILE_ROWS = 128
 

@@ -1,0 +1,149 @@
+"""The 'gemm' strategy of the Triton PEDCC-Loss: library GEMMs over chunks of classes, Triton for the
+softmax work between them (custom ops "pedcc_triton::row_loss_gemm" and its dL/dW).
+
+Why a second strategy: at d = 512 the single-sweep kernel (fused_loss_fwd.py) keeps an accumulator as
+wide as d beside the cosine tile, which forces small tiles or recomputed cosines; on the H200 it ran
+at 60-88 TFLOP/s in bf16 (benchmarks/results/loss-nvidia-h200-2026-11-28.json). Here each chunk of
+classes costs two plain GEMMs (x W_k^T, then P_k W_k, as the unfused ops do, but with the
+probabilities written once, in the operand dtype) and one memory-bound Triton kernel; the online
+softmax runs across chunks (FlashAttention's rescaling, at chunk granularity), so forward + dL/dx is
+still 4 N C d FLOP. Memory: one chunk of N x chunk fp32 dot products and N x chunk probabilities,
+bounded by CHUNK_BYTES, plus O(N d) rows; never N x C.
+
+The op returns exactly what pedcc_triton::row_loss returns, so dL/dx reuses its O(N d) kernel.
+"""
+from typing import Tuple
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+
+from .fused_loss import LOG2E, _row_norms, _rowwise_grid, backward_with, save_for_backward
+from .fused_loss_bwd import grad_centroids_finish_kernel
+from .fused_loss_config import INTERPRET, ROWWISE_BLOCK_D, ROWWISE_BLOCK_ROWS, ROWWISE_WARPS
+from .gemm_loss_kernels import chunk_finish_kernel, chunk_grad_logits_kernel, chunk_softmax_kernel
+
+# Bytes of the per-chunk buffers (fp32 dot products + probabilities in the operand dtype). A chunk of
+# 32 MiB at N = 1024 holds 5376 bf16 classes: each GEMM is still large (5.6 GFLOP at d = 512) while
+# the chunk may stay in the 50 MB L2 between the GEMM that writes it and the kernel that reads it.
+# Unmeasured; the GPU benchmark shows whether another size is better.
+CHUNK_BYTES = 32 * 2**20
+CHUNK_ALIGN = 256
+# Under the interpreter: chunks of 16 classes in tiles of 8, so tiny test shapes span several chunks
+# and a chunk several tiles, with a partial last one.
+INTERPRET_CHUNK = 16
+CHUNK_BLOCK_ROWS = 4
+CHUNK_BLOCK_COLS = 8 if INTERPRET else 512
+CHUNK_WARPS = 4
+GRAD_BLOCK_CLASSES = 4 if INTERPRET else 16
+GRAD_BLOCK_ROWS = 8 if INTERPRET else 128
+
+
+def chunk_classes(n_rows: int, n_classes: int, operand_bytes: int) -> int:
+    """Classes per chunk: as many as fit CHUNK_BYTES at this batch size, in multiples of CHUNK_ALIGN."""
+    if INTERPRET:
+        return min(INTERPRET_CHUNK, n_classes)
+    per_class = max(1, n_rows) * (4 + operand_bytes)
+    return min(n_classes, max(CHUNK_ALIGN, CHUNK_BYTES // per_class // CHUNK_ALIGN * CHUNK_ALIGN))
+
+
+def _mm_has_out_dtype() -> bool:
+    major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    return (major, minor) >= (2, 8)
+
+
+MM_OUT_DTYPE = _mm_has_out_dtype()
+
+
+def gemm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b accumulated and returned in fp32. Half operands stay half on CUDA (tensor cores, fp32
+    output); fp32 operands follow torch.set_float32_matmul_precision, as the reference's GEMMs do.
+    On CPU (interpreter tests) and before torch 2.8, half operands are upcast, which is exact."""
+    if a.dtype == torch.float32 or a.device.type != "cuda" or not MM_OUT_DTYPE:
+        return torch.mm(a.float(), b.float())
+    return torch.mm(a, b, out_dtype=torch.float32)
+
+
+def _chunk_grid(n_rows):
+    return (triton.cdiv(n_rows, CHUNK_BLOCK_ROWS),)
+
+
+@triton_op("pedcc_triton::row_loss_gemm", mutates_args=())
+def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, s: float, m: float,
+                  need_dx: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                          torch.Tensor, torch.Tensor, torch.Tensor]:
+    """pedcc_triton::row_loss computed with library GEMMs over chunks of classes (same inputs, same
+    outputs: row_am, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass, fp32).
+
+    features (N, d) and centroids (C, d) fp16/bf16/fp32, any strides; the GEMMs run in the promoted
+    dtype. labels (N,) int64 in [0, C).
+    """
+    n_rows, dim = features.shape
+    n_classes = centroids.shape[0]
+    device = features.device
+    f32 = dict(dtype=torch.float32, device=device)
+    operand = torch.promote_types(features.dtype, centroids.dtype)
+    x = features.to(operand)
+    x_norm = _row_norms(features)
+    w_norm = _row_norms(centroids)
+
+    run_max = torch.full((n_rows,), float("-inf"), **f32)
+    run_sum = torch.zeros(n_rows, **f32)
+    target_cos = torch.zeros(n_rows, **f32)
+    off_sum = torch.zeros(n_rows if need_dx else 0, **f32)
+    off_pcos = torch.zeros(n_rows if need_dx else 0, **f32)
+    off_o = torch.zeros(n_rows if need_dx else 0, dim, **f32)
+    chunk = chunk_classes(n_rows, n_classes, operand.itemsize)
+    product = None
+    for c0 in range(0, n_classes, chunk):
+        w = centroids[c0:c0 + chunk].to(operand)
+        dots = gemm_fp32_out(x, w.t())
+        probs = torch.empty(dots.shape if need_dx else (0, 0), dtype=operand, device=device)
+        wrap_triton(chunk_softmax_kernel)[_chunk_grid(n_rows)](
+            dots, probs, labels, x_norm, w_norm[c0:], run_max, run_sum, target_cos, off_sum, off_pcos, off_o,
+            off_o if product is None else product, n_rows, w.shape[0], c0, dim, s * LOG2E, s * m * LOG2E,
+            NEED_DX=need_dx, FOLD_T=product is not None, BLOCK_R=CHUNK_BLOCK_ROWS, BLOCK_C=CHUNK_BLOCK_COLS,
+            BLOCK_D=ROWWISE_BLOCK_D, num_warps=CHUNK_WARPS)
+        if need_dx:
+            product = gemm_fp32_out(probs, w)
+
+    row_am = torch.empty(n_rows, **f32)
+    lse = torch.empty(n_rows, **f32)
+    off_mass = torch.empty(n_rows if need_dx else 0, **f32)
+    wrap_triton(chunk_finish_kernel)[_rowwise_grid(n_rows)](
+        run_max, run_sum, target_cos, off_sum, off_pcos, off_o, off_o if product is None else product,
+        row_am, lse, off_mass, n_rows, dim, s, s * m,
+        NEED_DX=need_dx, BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
+    return row_am, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass
+
+
+@triton_op("pedcc_triton::row_loss_gemm_grad_centroids", mutates_args=())
+def row_loss_gemm_grad_centroids(grad_am: torch.Tensor, grad_cos: torch.Tensor, features: torch.Tensor,
+                                 centroids: torch.Tensor, labels: torch.Tensor, x_norm: torch.Tensor,
+                                 w_norm: torch.Tensor, lse: torch.Tensor, s: float, m: float) -> torch.Tensor:
+    """dL/dcentroids (C, d) in centroids' dtype, chunk by chunk: the dot products again (GEMM), the
+    gradient of the logits G (Triton, p from the saved lse), G^T x (GEMM), then the chain through
+    the normalisation of w (fp32 until the final store)."""
+    n_rows, dim = features.shape
+    n_classes = centroids.shape[0]
+    operand = torch.promote_types(features.dtype, centroids.dtype)
+    x = features.to(operand)
+    grad_w = torch.empty(n_classes, dim, dtype=centroids.dtype, device=features.device)
+    chunk = chunk_classes(n_rows, n_classes, operand.itemsize)
+    for c0 in range(0, n_classes, chunk):
+        w_chunk = centroids[c0:c0 + chunk]
+        width = w_chunk.shape[0]
+        dots_t = gemm_fp32_out(w_chunk.to(operand), x.t())
+        logit_grads_t = torch.empty(width, n_rows, dtype=operand, device=features.device)
+        wrap_triton(chunk_grad_logits_kernel)[(triton.cdiv(width, GRAD_BLOCK_CLASSES),)](
+            dots_t, logit_grads_t, labels, x_norm, w_norm[c0:], lse, grad_am, grad_cos, n_rows, width, c0,
+            s, s * LOG2E, s * m * LOG2E, BLOCK_J=GRAD_BLOCK_CLASSES, BLOCK_I=GRAD_BLOCK_ROWS, num_warps=CHUNK_WARPS)
+        grad_w_hat = gemm_fp32_out(logit_grads_t, x)
+        wrap_triton(grad_centroids_finish_kernel)[_rowwise_grid(width)](
+            grad_w_hat, w_chunk, w_norm[c0:], grad_w[c0:], width, dim, 1, w_chunk.stride(0), w_chunk.stride(1),
+            BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
+    return grad_w
+
+
+row_loss_gemm.register_autograd(backward_with("pedcc_triton::row_loss_gemm", row_loss_gemm_grad_centroids),
+                                setup_context=save_for_backward)

@@ -1,0 +1,161 @@
+"""Triton kernels of the 'gemm' strategy of the fused PEDCC-Loss: the softmax work on one chunk of
+raw dot products x_i . w_j that a library GEMM (cuBLAS through torch.mm) computed.
+
+The chunk (N x chunk_cols, fp32) is read twice per row block: once for the row maxima, once for the
+exponentials, so every probability written is relative to the final maximum of the chunk and lies in
+[0, 1] (no overflow in fp16, no rescaling of a written tile). Accumulators run across chunks in
+log2 units, as in the sweep kernels (fused_loss_fwd.py); x_norm and w_norm scale the dot products
+here, so the GEMMs run on the raw inputs.
+"""
+import triton
+import triton.language as tl
+
+from .fused_loss_fwd import LN2, LOG2E, NORM_EPS
+
+
+@triton.jit
+def _chunk_cosines(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm, local_labels, cols, chunk_cols,
+                   scale_log2, margin_log2):
+    """cos and the margin logits z (log2 units, -inf outside the chunk) of a (rows, cols) tile."""
+    col_ok = cols < chunk_cols
+    dots = tl.load(dots_ptr + rows[:, None] * chunk_cols + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
+                   other=0.0)
+    inv_w_norm = 1.0 / tl.maximum(tl.load(w_norm_ptr + cols, mask=col_ok, other=1.0), NORM_EPS)
+    cos = dots * inv_x_norm[:, None] * inv_w_norm[None, :]
+    is_target = cols[None, :] == local_labels[:, None]
+    z = cos * scale_log2 - tl.where(is_target, margin_log2, 0.0)
+    return cos, tl.where(col_ok[None, :], z, float("-inf")), is_target, inv_w_norm, col_ok
+
+
+@triton.jit(do_not_specialize=["n_rows", "chunk_cols", "c0"])
+def chunk_softmax_kernel(dots_ptr, p_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
+                         run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr,
+                         n_rows, chunk_cols, c0, dim, scale_log2, margin_log2,
+                         NEED_DX: tl.constexpr, FOLD_T: tl.constexpr,
+                         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Fold one chunk of classes [c0, c0 + chunk_cols) into the per-row running accumulators.
+
+    dots_ptr: (n_rows, chunk_cols) fp32 x_i . w_j, contiguous; w_norm_ptr points at the chunk's first
+    norm. Updates, relative to the new running max (log2 units): run_max, run_sum, tcos (the target
+    cosine, when the target is in the chunk) and, when NEED_DX, the off-target sums over j != y_i:
+    off_sum, off_pcos and O (n_rows x dim, fp32), into which the previous chunk's product
+    t = P_prev W_prev is folded first (FOLD_T). Writes P[i, j] = p_ij / ||w_j|| (0 on the target), in
+    p_ptr's dtype, for the caller's GEMM O_next = P W_chunk.
+    """
+    # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
+    scale_log2 = tl.cast(scale_log2, tl.float32)
+    margin_log2 = tl.cast(margin_log2, tl.float32)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
+    local_labels = tl.load(labels_ptr + rows, mask=row_ok, other=-1) - c0
+    inv_x_norm = 1.0 / tl.maximum(tl.load(x_norm_ptr + rows, mask=row_ok, other=1.0), NORM_EPS)
+    old_max = tl.load(run_max_ptr + rows, mask=row_ok, other=0.0)
+
+    chunk_max = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
+    target_cos = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for col0 in range(0, chunk_cols, BLOCK_C):
+        cols = col0 + tl.arange(0, BLOCK_C)
+        cos, z, is_target, _, _ = _chunk_cosines(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm, local_labels,
+                                                 cols, chunk_cols, scale_log2, margin_log2)
+        target_cos += tl.sum(tl.where(is_target, cos, 0.0), axis=1)
+        chunk_max = tl.maximum(chunk_max, tl.max(z, axis=1))
+    new_max = tl.maximum(old_max, chunk_max)
+    rescale = tl.exp2(old_max - new_max)
+
+    chunk_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
+    off_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
+    off_pcos = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for col0 in range(0, chunk_cols, BLOCK_C):
+        cols = col0 + tl.arange(0, BLOCK_C)
+        cos, z, is_target, inv_w_norm, col_ok = _chunk_cosines(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm,
+                                                               local_labels, cols, chunk_cols, scale_log2,
+                                                               margin_log2)
+        p = tl.exp2(z - new_max[:, None])
+        chunk_sum += tl.sum(p, axis=1)
+        if NEED_DX:
+            p_off = tl.where(is_target, 0.0, p)
+            off_sum += tl.sum(p_off, axis=1)
+            off_pcos += tl.sum(p_off * cos, axis=1)
+            tl.store(p_ptr + rows[:, None] * chunk_cols + cols[None, :],
+                     (p_off * inv_w_norm[None, :]).to(p_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & col_ok[None, :])
+
+    tl.store(run_max_ptr + rows, new_max, mask=row_ok)
+    tl.store(run_sum_ptr + rows, tl.load(run_sum_ptr + rows, mask=row_ok, other=0.0) * rescale + chunk_sum,
+             mask=row_ok)
+    tl.store(tcos_ptr + rows, tl.load(tcos_ptr + rows, mask=row_ok, other=0.0) + target_cos, mask=row_ok)
+    if NEED_DX:
+        tl.store(off_sum_ptr + rows, tl.load(off_sum_ptr + rows, mask=row_ok, other=0.0) * rescale + off_sum,
+                 mask=row_ok)
+        tl.store(off_pcos_ptr + rows, tl.load(off_pcos_ptr + rows, mask=row_ok, other=0.0) * rescale + off_pcos,
+                 mask=row_ok)
+        for d0 in range(0, dim, BLOCK_D):
+            ds = d0 + tl.arange(0, BLOCK_D)
+            at = rows[:, None] * dim + ds[None, :]
+            ok = row_ok[:, None] & (ds[None, :] < dim)
+            o = tl.load(o_ptr + at, mask=ok, other=0.0)
+            if FOLD_T:
+                o += tl.load(t_ptr + at, mask=ok, other=0.0)
+            tl.store(o_ptr + at, o * rescale[:, None], mask=ok)
+
+
+@triton.jit
+def chunk_finish_kernel(run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr,
+                        row_am_ptr, lse_ptr, off_mass_ptr, n_rows, dim, scale, margin_scaled,
+                        NEED_DX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """After the last chunk: lse_i, row_am_i = lse_i - s (cos_iy - m) and, when NEED_DX, the
+    normalised off-target sums: off_mass = 1 - p_iy (new buffer), off_pcos and O (in place, the last
+    chunk's product t folded in)."""
+    # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
+    scale = tl.cast(scale, tl.float32)
+    margin_scaled = tl.cast(margin_scaled, tl.float32)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
+    total = tl.load(run_sum_ptr + rows, mask=row_ok, other=1.0)
+    lse = (tl.load(run_max_ptr + rows, mask=row_ok, other=0.0) + tl.log2(total)) * LN2
+    target_cos = tl.load(tcos_ptr + rows, mask=row_ok, other=0.0)
+    tl.store(lse_ptr + rows, lse, mask=row_ok)
+    tl.store(row_am_ptr + rows, lse - (target_cos * scale - margin_scaled), mask=row_ok)
+    if NEED_DX:
+        tl.store(off_mass_ptr + rows, tl.load(off_sum_ptr + rows, mask=row_ok, other=0.0) / total, mask=row_ok)
+        tl.store(off_pcos_ptr + rows, tl.load(off_pcos_ptr + rows, mask=row_ok, other=0.0) / total, mask=row_ok)
+        for d0 in range(0, dim, BLOCK_D):
+            ds = d0 + tl.arange(0, BLOCK_D)
+            at = rows[:, None] * dim + ds[None, :]
+            ok = row_ok[:, None] & (ds[None, :] < dim)
+            o = tl.load(o_ptr + at, mask=ok, other=0.0) + tl.load(t_ptr + at, mask=ok, other=0.0)
+            tl.store(o_ptr + at, o / total[:, None], mask=ok)
+
+
+@triton.jit(do_not_specialize=["n_rows", "chunk_cols", "c0"])
+def chunk_grad_logits_kernel(dots_t_ptr, g_t_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, lse_ptr, grad_am_ptr,
+                             grad_cos_ptr, n_rows, chunk_cols, c0, scale, scale_log2, margin_log2,
+                             BLOCK_J: tl.constexpr, BLOCK_I: tl.constexpr):
+    """G^T[j, i] = g_ij / ||x_i|| for one chunk of classes (dL/dW), in g_t_ptr's dtype, from
+    dots_t (chunk_cols, n_rows) fp32 = w_j . x_i, with g_ij = a_i s (p_ij - [j == y_i]) + b_i [j == y_i]
+    and p recomputed from the saved lse; then G^T x = sum_i g_ij x^_i, the gradient w.r.t. the
+    normalised centroids of the chunk. Classes x rows (the transpose of the forward's chunk) keeps
+    torch.compile from merging this GEMM with the forward's and saving the N x chunk dot products
+    for the backward; it is also the layout the G^T x GEMM reads."""
+    # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
+    scale = tl.cast(scale, tl.float32)
+    scale_log2 = tl.cast(scale_log2, tl.float32)
+    margin_log2 = tl.cast(margin_log2, tl.float32)
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_J + tl.arange(0, BLOCK_J)
+    col_ok = cols < chunk_cols
+    inv_w_norm = 1.0 / tl.maximum(tl.load(w_norm_ptr + cols, mask=col_ok, other=1.0), NORM_EPS)
+    for r0 in range(0, n_rows, BLOCK_I):
+        rows = r0 + tl.arange(0, BLOCK_I)
+        row_ok = rows < n_rows
+        local_labels = tl.load(labels_ptr + rows, mask=row_ok, other=-1) - c0
+        inv_x_norm = 1.0 / tl.maximum(tl.load(x_norm_ptr + rows, mask=row_ok, other=1.0), NORM_EPS)
+        lse_log2 = tl.load(lse_ptr + rows, mask=row_ok, other=0.0) * LOG2E
+        a_s = tl.load(grad_am_ptr + rows, mask=row_ok, other=0.0) * scale
+        b = tl.load(grad_cos_ptr + rows, mask=row_ok, other=0.0)
+        at = cols[:, None] * n_rows + rows[None, :]
+        ok = col_ok[:, None] & row_ok[None, :]
+        cos = tl.load(dots_t_ptr + at, mask=ok, other=0.0) * inv_w_norm[:, None] * inv_x_norm[None, :]
+        is_target = cols[:, None] == local_labels[None, :]
+        p = tl.exp2(cos * scale_log2 - tl.where(is_target, margin_log2, 0.0) - lse_log2[None, :])
+        g = a_s[None, :] * (p - tl.where(is_target, 1.0, 0.0)) + tl.where(is_target, b[None, :], 0.0)
+        tl.store(g_t_ptr + at, (g * inv_x_norm[None, :]).to(g_t_ptr.dtype.element_ty), mask=ok)
