@@ -12,7 +12,10 @@ Implementations (a missing one is skipped with the reason):
   reference           pedcc_kernels.reference.pedcc_loss_reference, eager (the baseline of every ratio)
   reference_compiled  the same under torch.compile (GPU by default; on a CPU with --compile)
   torch               pedcc_loss(backend="torch"): chunked over classes, one sweep for dL/dx
-  triton              pedcc_loss(backend="triton"): the fused kernel (CUDA; TRITON_INTERPRET=1 on CPU)
+  triton              pedcc_loss(backend="triton"), default strategy: the fused sweep kernels (CUDA;
+                      TRITON_INTERPRET=1 on CPU)
+  triton_gemm         the same backend with PEDCC_TRITON_LOSS=gemm: library GEMMs over chunks of
+                      classes, softmax in Triton between them
   torch_linear_ce     torch.nn.functional.linear_cross_entropy on (s*x^, w^) (no margin, no MSE),
                       with its chunked path when torch has LinearCrossEntropyOptions
   liger_flce          Liger-Kernel's LigerFusedLinearCrossEntropyLoss on (s*x^, w^) (CUDA)
@@ -30,8 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Prepared, Run, Section, Unavailable, add_common_args, autotune_keys,  # noqa: E402
                      autotune_report, resolve_common)
 
-IMPLS = ("reference", "reference_compiled", "torch", "triton", "torch_linear_ce", "liger_flce", "pml_cosface")
-SAME_MATH = ("reference", "reference_compiled", "torch", "triton")
+IMPLS = ("reference", "reference_compiled", "torch", "triton", "triton_gemm", "torch_linear_ce", "liger_flce",
+         "pml_cosface")
+SAME_MATH = ("reference", "reference_compiled", "torch", "triton", "triton_gemm")
+TRITON_STRATEGIES = {"triton": "sweep", "triton_gemm": "gemm"}
 SCALE, MARGIN = 15.0, 0.5  # the authors' defaults (DESIGN §2)
 SECTION = Section(name="loss", title="PEDCC-Loss forward + backward", baseline="reference", x_key="C",
                   panel_keys=("N", "d", "dtype", "grad"), compare_keys=("N", "C", "d", "dtype", "grad"))
@@ -77,7 +82,7 @@ def unavailable(p):
     impl, device = p["impl"], p["device"]
     if impl == "reference_compiled" and device == "cpu" and not p["compile"]:
         return "torch.compile on a CPU is slow to compile and off by default; pass --compile"
-    if impl == "triton":
+    if impl in TRITON_STRATEGIES:
         if not has_module("triton"):
             return "triton is not installed"
         if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -117,8 +122,21 @@ def loss_function(p, W):
         torch._dynamo.reset()  # a fresh compile per shape: no recompile limit, no dynamic-shape guess
         compiled = torch.compile(pedcc_loss_reference, dynamic=False)
         return (lambda x, y: compiled(x, y, W, s=s, m=m)), []
-    if impl in ("torch", "triton"):
-        return (lambda x, y: pk.pedcc_loss(x, y, W, s=s, m=m, backend=impl, check_labels=False)), []
+    if impl == "torch":
+        return (lambda x, y: pk.pedcc_loss(x, y, W, s=s, m=m, backend="torch", check_labels=False)), []
+    if impl in TRITON_STRATEGIES:
+        def triton_loss(x, y):
+            previous = os.environ.get("PEDCC_TRITON_LOSS")
+            os.environ["PEDCC_TRITON_LOSS"] = TRITON_STRATEGIES[impl]  # read when the op is chosen
+            try:
+                return pk.pedcc_loss(x, y, W, s=s, m=m, backend="triton", check_labels=False)
+            finally:
+                if previous is None:
+                    del os.environ["PEDCC_TRITON_LOSS"]
+                else:
+                    os.environ["PEDCC_TRITON_LOSS"] = previous
+
+        return triton_loss, []
     if impl in ("torch_linear_ce", "liger_flce"):
         fixed_w_hat = None if W.requires_grad else normalize_rows(W).detach()
 
@@ -196,7 +214,14 @@ def make_case(p):
     note = ""
     if p["impl"] == "torch_linear_ce":
         note = "chunked path" if hasattr(torch.nn, "LinearCrossEntropyOptions") else "reference path"
-    details = sweep_autotuning(d, dtype, p["grad"] == "x+w") if p["impl"] == "triton" else None
+    details = None
+    if p["impl"] == "triton":
+        details = sweep_autotuning(d, dtype, p["grad"] == "x+w")
+    elif p["impl"] == "triton_gemm":
+        from pedcc_kernels.kernels.gemm_loss import chunk_classes
+
+        classes = chunk_classes(n, c, dtype.itemsize)
+        details = lambda: {"chunk_classes": classes}  # noqa: E731
     return Prepared(run=run, input_bytes=input_bytes, flop=2.0 * gemm_passes * n * c * d, check=check, note=note,
                     details=details)
 

@@ -13,19 +13,25 @@
 #   benchmarks/device_check.sh --centroids-only       # a short GPU call (~5.5 min): build, the
 #                                                      # force-op tests, then bench_centroids with the
 #                                                      # implementations in $CENTROID_IMPLS
+#   benchmarks/device_check.sh --loss-only            # a short GPU call (~5 min): no extension build
+#                                                      # (the loss needs none), the loss tests, then
+#                                                      # bench_loss with the rest of the budget
 # Environment: PYTHON (default python3), CUDA_HOME (default /usr/local/cuda), DEVICE_CHECK_BUDGET_S
-# (total seconds, default 570 on a GPU, 240 in a dry run, 340 with --centroids-only), CENTROID_IMPLS
+# (total seconds, default 570 on a GPU, 240 in a dry run, 340 with --centroids-only, 330 with
+# --loss-only), CENTROID_IMPLS
 # (force implementations to time, default all), REPULSION_TIME_LIMIT (seconds, default 100).
 # Exit status 1 when a step failed.
 set -u -o pipefail
 
 DRY_RUN=0
 CENTROIDS_ONLY=0
+LOSS_ONLY=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
         --centroids-only) CENTROIDS_ONLY=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --loss-only) LOSS_ONLY=1 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -39,6 +45,10 @@ else
     if [ -z "${OUT:-}" ]; then echo "set OUT to the folder for results (or use --dry-run)" >&2; exit 2; fi
     BUDGET=${DEVICE_CHECK_BUDGET_S:-570}
     [ "$CENTROIDS_ONLY" = 1 ] && BUDGET=${DEVICE_CHECK_BUDGET_S:-340}
+    [ "$LOSS_ONLY" = 1 ] && BUDGET=${DEVICE_CHECK_BUDGET_S:-330}
+fi
+if [ "$CENTROIDS_ONLY" = 1 ] && [ "$LOSS_ONLY" = 1 ]; then
+    echo "--centroids-only and --loss-only exclude each other" >&2; exit 2
 fi
 if [ "$DRY_RUN" = 0 ]; then
     export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
@@ -118,6 +128,9 @@ fi
 # folders of the pip CUDA wheels (torch's headers may want one the toolkit there lacks).
 if [ "$DRY_RUN" = 1 ]; then
     skip_step build "dry run: uses the extension already built, if any"
+elif [ "$LOSS_ONLY" = 1 ]; then
+    skip_step build "--loss-only: the loss needs no extension; the package runs from the tree"
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
     WHEEL_INCLUDES=$("$PY" -c 'import glob, os, sys; print(":".join(sorted(glob.glob(os.path.join(
         os.path.dirname(os.__file__), "site-packages", "nvidia", "*", "include")) + glob.glob(os.path.join(
@@ -143,6 +156,12 @@ VALIDATED_IMPLS=()
 if [ "$DRY_RUN" = 1 ]; then
     skip_step cuda_op "dry run: no CUDA kernels"
     step tests 90 120 "$PY" -m pytest python_tests --collect-only -q -p no:cacheprovider
+elif [ "$LOSS_ONLY" = 1 ]; then
+    skip_step cuda_op "--loss-only"
+    PARALLEL=()
+    "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8)
+    PEDCC_TRITON_AUTOTUNE=0 step tests 120 170 "$PY" -m pytest python_tests/test_triton_loss.py \
+        python_tests/test_compile.py python_tests/test_loss_module.py -q -p no:cacheprovider -rfE "${PARALLEL[@]}"
 else
     # The force-op tests in parallel processes (Triton compiles one kernel per potential and width).
     PARALLEL=()
@@ -210,8 +229,12 @@ if [ "$DRY_RUN" = 0 ]; then
     (( ${#VALIDATED_IMPLS[@]} > 0 )) && CENTROID_ARGS+=(--fastest-among "${VALIDATED_IMPLS[@]}")
 fi
 [ -n "${CENTROID_IMPLS:-}" ] && CENTROID_ARGS+=(--impls $CENTROID_IMPLS)
-TRITON_PRINT_AUTOTUNING=1 step bench_centroids "$CENTROID_CAP" 5 "$PY" benchmarks/bench_centroids.py "${BENCH_ARGS[@]}" "${CENTROID_ARGS[@]}" \
-    --budget-s "$CENTROID_BUDGET"
+if [ "$LOSS_ONLY" = 1 ]; then
+    skip_step bench_centroids "--loss-only"
+else
+    TRITON_PRINT_AUTOTUNING=1 step bench_centroids "$CENTROID_CAP" 5 "$PY" benchmarks/bench_centroids.py \
+        "${BENCH_ARGS[@]}" "${CENTROID_ARGS[@]}" --budget-s "$CENTROID_BUDGET"
+fi
 if [ "$CENTROIDS_ONLY" = 1 ]; then
     skip_step bench_loss "--centroids-only"
 else

@@ -84,6 +84,9 @@ def test_loss_dry_run_json(dry_run):
             assert by_impl["triton"]["check_rel_diff"] < 1e-3
             tuning = by_impl["triton"]["details"]["autotuning"]["forward_sweep"]
             assert set(tuning) == {"tuned", "candidates_ms"}
+        if by_impl.get("triton_gemm", {}).get("status") == "ok":
+            assert by_impl["triton_gemm"]["check_rel_diff"] < 1e-3
+            assert 1 <= by_impl["triton_gemm"]["details"]["chunk_classes"] <= shape[1]
 
 
 def test_centroids_dry_run_json(dry_run):
