@@ -23,11 +23,12 @@ from .fused_loss_bwd import grad_centroids_finish_kernel
 from .fused_loss_config import INTERPRET, ROWWISE_BLOCK_D, ROWWISE_BLOCK_ROWS, ROWWISE_WARPS
 from .gemm_loss_kernels import chunk_finish_kernel, chunk_grad_logits_kernel, chunk_softmax_kernel
 
-# Bytes of the per-chunk buffers (fp32 dot products + probabilities in the operand dtype). A chunk of
-# 32 MiB at N = 1024 holds 5376 bf16 classes: each GEMM is still large (5.6 GFLOP at d = 512) while
-# the chunk may stay in the 50 MB L2 between the GEMM that writes it and the kernel that reads it.
-# Unmeasured; the GPU benchmark shows whether another size is better.
-CHUNK_BYTES = 32 * 2**20
+# Bytes of the per-chunk buffers (fp32 dot products + probabilities in the operand dtype). Each chunk
+# costs about 35 us of host time (two torch.mm, one Triton launch, views): a chunk of 64 MiB holds
+# 10752 bf16 classes at N = 1024 and 2560 at N = 4096, whose GPU work at d = 512 (two GEMMs of 11 or
+# 5.4 GFLOP and one pass over the chunk) should outlast that. Under 3% of the unfused reference's
+# extra memory at C = 100000 (2442 / 9474 MiB on the H200). Unmeasured; the GPU benchmark decides.
+CHUNK_BYTES = 64 * 2**20
 CHUNK_ALIGN = 256
 # Under the interpreter: chunks of 16 classes in tiles of 8, so tiny test shapes span several chunks
 # and a chunk several tiles, with a partial last one.
