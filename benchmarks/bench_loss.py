@@ -253,8 +253,12 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="include torch.compile of the reference on a CPU")
     parser.add_argument("--tf32", action="store_true", help="float32 matmuls of torch in TF32 (on a GPU; the "
                         "default is torch's 'highest'); recorded as machine.float32_matmul_precision")
+    parser.add_argument("--gemm-chunk-mib", type=float, help="chunk budget of triton_gemm in MiB "
+                        "(PEDCC_GEMM_CHUNK_MIB; default 64)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.gemm_chunk_mib is not None:
+        os.environ["PEDCC_GEMM_CHUNK_MIB"] = str(args.gemm_chunk_mib)
     if args.tf32:
         import torch
 

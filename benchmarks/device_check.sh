@@ -238,9 +238,21 @@ fi
 if [ "$CENTROIDS_ONLY" = 1 ]; then
     skip_step bench_loss "--centroids-only"
 else
-    LOSS_CAP=$(( $(remaining) - 15 ))
+    # --loss-only keeps 70 s for two more runs of the 'gemm' strategy at C = 100000 with other chunk
+    # budgets (16 and 256 MiB; the default is 64), to see whether the chunk size matters.
+    CHUNK_RESERVE=15
+    [ "$LOSS_ONLY" = 1 ] && CHUNK_RESERVE=85
+    LOSS_CAP=$(( $(remaining) - CHUNK_RESERVE ))
     # The log keeps each autotuned kernel's chosen config and timing (for tuning the next round).
-    TRITON_PRINT_AUTOTUNING=1 step bench_loss "$LOSS_CAP" 15 "$PY" benchmarks/bench_loss.py "${BENCH_ARGS[@]}" --budget-s "$(bench_budget "$LOSS_CAP")"
+    TRITON_PRINT_AUTOTUNING=1 step bench_loss "$LOSS_CAP" "$CHUNK_RESERVE" "$PY" benchmarks/bench_loss.py \
+        "${BENCH_ARGS[@]}" --budget-s "$(bench_budget "$LOSS_CAP")"
+    if [ "$LOSS_ONLY" = 1 ]; then
+        for mib in 16 256; do
+            [ "$DRY_RUN" = 1 ] && C_ARGS=() || C_ARGS=(--C 100000)
+            step "gemm_chunk_$mib" 35 15 "$PY" benchmarks/bench_loss.py "${BENCH_ARGS[@]}" "${C_ARGS[@]}" \
+                --impls reference triton_gemm --gemm-chunk-mib "$mib" --tag "gemm-chunk-${mib}mib" --budget-s 20
+        done
+    fi
 fi
 
 # 6. Tables from whatever JSON was written.

@@ -318,8 +318,33 @@ def test_gemm_strategy_over_many_chunks(dtype, monkeypatch, strategy):
         pytest.skip("gemm strategy only")
     from pedcc_kernels.kernels import gemm_loss
 
-    monkeypatch.setattr(gemm_loss, "CHUNK_BYTES", 1)
+    monkeypatch.setenv("PEDCC_GEMM_CHUNK_MIB", "1e-6")  # the smallest chunk: CHUNK_ALIGN classes
     shape = (257, 2500, 512) if ON_GPU else (19, 37, 20)
     x, y, w = make_inputs(*shape, seed=15, x_dtype=dtype, ignore_index=-100)
     assert triton.cdiv(shape[1], gemm_loss.chunk_classes(shape[0], shape[1], x.element_size())) >= 3
     check_against_truth(x, y, w, f"many chunks {dtype}", s=30.0)
+
+
+@pytest.mark.parametrize("setting", ["0", "-1", "nan", "inf", "lots"])
+def test_gemm_chunk_setting_is_checked(setting, monkeypatch, strategy):
+    if strategy != "gemm":
+        pytest.skip("gemm strategy only")
+    from pedcc_kernels.kernels import gemm_loss
+
+    monkeypatch.setenv("PEDCC_GEMM_CHUNK_MIB", setting)
+    with pytest.raises(ValueError, match="PEDCC_GEMM_CHUNK_MIB"):
+        gemm_loss.chunk_bytes()
+
+
+def test_gemm_chunk_setting_sizes_the_chunks(monkeypatch, strategy):
+    if strategy != "gemm":
+        pytest.skip("gemm strategy only")
+    from pedcc_kernels.kernels import gemm_loss
+
+    monkeypatch.setattr(gemm_loss, "INTERPRET", False)
+    monkeypatch.delenv("PEDCC_GEMM_CHUNK_MIB", raising=False)
+    assert gemm_loss.chunk_classes(1024, 100000, 2) == 10752  # 64 MiB / (1024 rows * 6 bytes), in 256s
+    monkeypatch.setenv("PEDCC_GEMM_CHUNK_MIB", "16")
+    assert gemm_loss.chunk_classes(1024, 100000, 2) == 2560
+    assert gemm_loss.chunk_classes(1024, 1000, 4) == 1000
+    assert gemm_loss.chunk_classes(10**6, 100000, 4) == gemm_loss.CHUNK_ALIGN

@@ -12,6 +12,7 @@ bounded by CHUNK_BYTES, plus O(N d) rows; never N x C.
 
 The op returns exactly what pedcc_triton::row_loss returns, so dL/dx reuses its O(N d) kernel.
 """
+import os
 from typing import Tuple
 
 import torch
@@ -28,6 +29,7 @@ from .gemm_loss_kernels import chunk_finish_kernel, chunk_grad_logits_kernel, ch
 # 10752 bf16 classes at N = 1024 and 2560 at N = 4096, whose GPU work at d = 512 (two GEMMs of 11 or
 # 5.4 GFLOP and one pass over the chunk) should outlast that. Under 3% of the unfused reference's
 # extra memory at C = 100000 (2442 / 9474 MiB on the H200). Unmeasured; the GPU benchmark decides.
+# PEDCC_GEMM_CHUNK_MIB overrides it (read at each call: less memory, or a benchmark's sweep).
 CHUNK_BYTES = 64 * 2**20
 CHUNK_ALIGN = 256
 # Under the interpreter: chunks of 16 classes in tiles of 8, so tiny test shapes span several chunks
@@ -46,12 +48,27 @@ GRAD_BLOCK_CLASSES = 4
 GRAD_BLOCK_ROWS = 8 if INTERPRET else 512
 
 
+def chunk_bytes() -> int:
+    """The chunk budget: PEDCC_GEMM_CHUNK_MIB (a positive number of MiB) when set, else CHUNK_BYTES."""
+    setting = os.environ.get("PEDCC_GEMM_CHUNK_MIB")
+    if setting is None:
+        return CHUNK_BYTES
+    try:
+        mib = float(setting)
+    except ValueError:
+        mib = float("nan")
+    if not mib > 0 or mib == float("inf"):
+        raise ValueError(f"PEDCC_GEMM_CHUNK_MIB must be a positive number of MiB, got {setting!r}")
+    return int(mib * 2**20)
+
+
 def chunk_classes(n_rows: int, n_classes: int, operand_bytes: int) -> int:
-    """Classes per chunk: as many as fit CHUNK_BYTES at this batch size, in multiples of CHUNK_ALIGN."""
+    """Classes per chunk: as many as fit chunk_bytes() at this batch size, in multiples of CHUNK_ALIGN
+    (at least one multiple)."""
     if INTERPRET:
         return min(INTERPRET_CHUNK, n_classes)
     per_class = max(1, n_rows) * (4 + operand_bytes)
-    return min(n_classes, max(CHUNK_ALIGN, CHUNK_BYTES // per_class // CHUNK_ALIGN * CHUNK_ALIGN))
+    return min(n_classes, max(CHUNK_ALIGN, chunk_bytes() // per_class // CHUNK_ALIGN * CHUNK_ALIGN))
 
 
 def _mm_has_out_dtype() -> bool:
