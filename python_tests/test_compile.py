@@ -19,10 +19,10 @@ from pedcc_kernels.kernels.fused_loss_config import LOSS_STRATEGIES
 REPO = Path(__file__).resolve().parent.parent
 
 
-def compiled_vs_eager(backend, features_dtype=torch.float32):
+def compiled_vs_eager(backend, features_dtype=torch.float32, centroids_dtype=torch.float32):
     torch.manual_seed(0)
     model = torch.nn.Linear(24, 16).to(DEVICE)
-    centroids = torch.nn.Parameter(torch.randn(37, 16, device=DEVICE))
+    centroids = torch.nn.Parameter(torch.randn(37, 16, device=DEVICE, dtype=centroids_dtype))
     x = torch.randn(20, 24, device=DEVICE)
     y = torch.randint(0, 37, (20,), device=DEVICE)
     y[3] = -100
@@ -53,11 +53,15 @@ def test_torch_backend_compiles_without_graph_breaks():
 
 @pytest.mark.skipif(not ON_GPU, reason="the Triton interpreter (CPU) cannot be compiled through")
 @pytest.mark.parametrize("strategy", LOSS_STRATEGIES)
-@pytest.mark.parametrize("features_dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_triton_backend_compiles_without_graph_breaks(features_dtype, strategy, monkeypatch):
+@pytest.mark.parametrize("features_dtype,centroids_dtype", [(torch.float32, torch.float32),
+                                                            (torch.bfloat16, torch.float32),
+                                                            (torch.bfloat16, torch.bfloat16)], ids=str)
+def test_triton_backend_compiles_without_graph_breaks(features_dtype, centroids_dtype, strategy, monkeypatch):
+    """bf16 features with bf16 centroids compile the 'gemm' strategy's half GEMMs with fp32 output."""
     monkeypatch.setenv("PEDCC_TRITON_LOSS", strategy)
     torch._dynamo.reset()
-    assert_same(*compiled_vs_eager("triton", features_dtype), tol=1e-4 if features_dtype == torch.float32 else 2e-2)
+    tol = 1e-4 if features_dtype == centroids_dtype == torch.float32 else 2e-2
+    assert_same(*compiled_vs_eager("triton", features_dtype, centroids_dtype), tol=tol)
 
 
 TRACE_SCRIPT = r"""
@@ -106,7 +110,7 @@ def capture(kind):
 backend = aot_autograd(fw_compiler=capture("forward"), bw_compiler=capture("backward"),
                        partition_fn=min_cut_rematerialization_partition)
 model = torch.nn.Linear(10, 8)
-centroids = torch.nn.Parameter(torch.randn(30, 8))
+centroids = torch.nn.Parameter(torch.randn(600, 8))
 
 
 def loss_fn(inputs, labels):
@@ -116,13 +120,14 @@ def loss_fn(inputs, labels):
 
 with functorch_config.patch(force_non_lazy_backward_lowering=True):
     try:
-        torch.compile(loss_fn, fullgraph=True, backend=backend)(torch.randn(16, 10), torch.randint(0, 30, (16,)))
+        torch.compile(loss_fn, fullgraph=True, backend=backend)(torch.randn(16, 10), torch.randint(0, 600, (16,)))
     except Traced:
         pass
 report = {}
 for kind, nodes in graphs.items():
     kernels = [kw for target, kw in nodes if "triton_kernel_wrapper" in target]
     report[kind] = {"kernels": len(kernels), "output_shapes": shapes[kind],
+                    "scatters": sum("scatter" in target for target, _ in nodes),
                     "matmuls": sum(target.startswith("aten.mm") for target, _ in nodes),
                     "cloned": sorted({name for kw in kernels for name in kw.get("tensors_to_clone", [])})}
 print(json.dumps(report))
@@ -135,22 +140,26 @@ def test_triton_ops_trace_into_their_kernels(strategy):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env["PEDCC_TRITON_LOSS"] = strategy
+    env["PEDCC_GEMM_CHUNK_MIB"] = "1e-6"  # 'gemm': chunks of 256 classes, so 600 classes take 3
     done = subprocess.run([sys.executable, "-c", TRACE_SCRIPT], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     # sweep: forward = two row-norm kernels, the class sweep, the merge; backward = dL/dx, dL/dW sweep
-    # and finish. gemm (30 classes: one chunk): forward = two row norms, the chunk softmax, the finish,
-    # between the GEMMs x W^T and P W; backward = dL/dx, the logit gradients and the dL/dW finish,
-    # between the GEMMs x W^T and G^T x.
-    assert report["forward"]["kernels"] == 4
-    assert report["backward"]["kernels"] == 3
+    # and finish. gemm (3 chunks): forward = two row norms, a softmax kernel per chunk between the
+    # GEMMs x W^T and P W, the finish; backward = dL/dx, then per chunk the logit gradients and the
+    # dL/dW finish, between the GEMMs W x^T and G^T x.
+    chunks = 3 if strategy == "gemm" else 0
+    assert report["forward"]["kernels"] == (3 + chunks if chunks else 4), report
+    assert report["backward"]["kernels"] == (1 + 2 * chunks if chunks else 3), report
     # (the model's Linear adds an addmm to the forward and one mm, its weight gradient, to the backward)
-    loss_matmuls = 2 if strategy == "gemm" else 0
-    assert report["forward"]["matmuls"] == loss_matmuls and report["backward"]["matmuls"] == loss_matmuls + 1, report
+    assert report["forward"]["matmuls"] == 2 * chunks and report["backward"]["matmuls"] == 2 * chunks + 1, report
+    # Each chunk writes its rows of the whole dL/dW: a write into a view of it would become a copy of
+    # the rest of the gradient per chunk (slice_scatter) once functionalised.
+    assert report["forward"]["scatters"] == report["backward"]["scatters"] == 0, report
     # The forward's outputs are the loss and what the backward keeps: nothing of N x C (the dot
     # products of a chunk were kept when the backward's GEMM could be merged with the forward's).
-    n_rows, n_classes = 16, 30
+    n_rows, n_classes = 16, 600
     kept = report["forward"]["output_shapes"]
     assert [n_classes, 8] in kept and not [s for s in kept if n_rows in s and n_classes in s], kept
     # The mutation analysis must find that the kernels only write their output buffers; had it failed

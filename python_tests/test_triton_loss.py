@@ -140,9 +140,9 @@ def test_gradient_subsets(grad_x, grad_w):
     check_against_truth(x, y, w, f"grad_x={grad_x} grad_w={grad_w}", grad_x=grad_x, grad_w=grad_w)
 
 
-def strided_views(n_rows, n_classes, dim, seed):
+def strided_views(n_rows, n_classes, dim, seed, dtype=torch.float32):
     """Non-contiguous features, labels and centroids of every common kind."""
-    x, y, w = make_inputs(2 * n_rows, 2 * n_classes, 2 * dim, seed)
+    x, y, w = make_inputs(2 * n_rows, 2 * n_classes, 2 * dim, seed, x_dtype=dtype)
     y = y % n_classes
     return {
         "column-step views": (x[:n_rows, ::2], y[::2], w[:n_classes, ::2]),
@@ -151,11 +151,27 @@ def strided_views(n_rows, n_classes, dim, seed):
     }
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", ["column-step views", "row-step views", "transposed"])
-def test_non_contiguous_inputs(layout):
-    x, y, w = strided_views(*SHAPES[-1], seed=5)[layout]
+def test_non_contiguous_inputs(layout, dtype):
+    x, y, w = strided_views(*SHAPES[-1], seed=5, dtype=dtype)[layout]
     assert not (x.is_contiguous() and w.is_contiguous())
-    check_against_truth(x, y, w, layout)
+    check_against_truth(x, y, w, f"{layout} {dtype}")
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_float32_inputs_under_autocast_stay_float32(autocast_dtype):
+    """Autocast must not lower the loss's own GEMMs: float32 features and centroids keep float32
+    accuracy (a training loop under autocast that casts features up for the loss expects it)."""
+    x, y, w = make_inputs(*OPTION_SHAPE, seed=16, ignore_index=-100)
+    with torch.autocast(DEVICE.type, dtype=autocast_dtype):
+        fast, fast_grads = loss_and_grads(triton_loss, x, y, w, s=64.0)
+    same, same_grads = loss_and_grads(pedcc_loss_reference, x, y, w, s=64.0)
+    truth, truth_grads = loss_and_grads(pedcc_loss_reference, x.double(), y, w.double(), s=64.0)
+    assert_close_to_truth(fast, same, truth, torch.float32, "loss under autocast")
+    for name, g_fast, g_same, g_truth in zip(("dL/dx", "dL/dW"), fast_grads, same_grads, truth_grads):
+        assert g_fast.dtype == torch.float32
+        assert_close_to_truth(g_fast, g_same, g_truth, torch.float32, f"{name} under autocast")
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy reports the NaNs

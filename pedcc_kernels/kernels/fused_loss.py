@@ -153,7 +153,7 @@ def row_loss_grad_centroids(grad_am: torch.Tensor, grad_cos: torch.Tensor, featu
 
     grad_w = torch.empty(n_classes, dim, dtype=centroids.dtype, device=device)
     wrap_triton(grad_centroids_finish_kernel)[_rowwise_grid(n_classes)](
-        part, centroids, w_norm, grad_w, n_classes, dim, n_pieces, centroids.stride(0), centroids.stride(1),
+        part, centroids, w_norm, grad_w, n_classes, dim, n_pieces, centroids.stride(0), centroids.stride(1), 0,
         BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
     return grad_w
 

@@ -156,9 +156,11 @@ def _sum_pieces(part_ptr, rows, ds, ok, n_classes, dim, n_pieces, BLOCK_R: tl.co
 
 @triton.jit
 def grad_centroids_finish_kernel(part_ptr, w_ptr, w_norm_ptr, dw_ptr, n_classes, dim, n_pieces,
-                                 stride_wc, stride_wd, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+                                 stride_wc, stride_wd, dw_row0, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """dw_j = (G_j - (G_j . w^_j) w^_j) / ||w_j|| (G_j / eps where ||w_j|| <= eps), G_j the sum of
-    the pieces' partial gradients in piece order; written contiguous in dw_ptr's dtype."""
+    the pieces' partial gradients in piece order; written contiguous in dw_ptr's dtype, at row
+    dw_row0 + j (a chunk of classes writes its rows of the whole gradient: under torch.compile a
+    write into a view would copy the rest of the gradient at every chunk)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_classes
     w_norm = tl.load(w_norm_ptr + rows, mask=row_ok, other=1.0)
@@ -178,4 +180,4 @@ def grad_centroids_finish_kernel(part_ptr, w_ptr, w_norm_ptr, dw_ptr, n_classes,
         w_hat = tl.load(w_ptr + rows[:, None] * stride_wc + ds[None, :] * stride_wd, mask=ok,
                         other=0.0).to(tl.float32) * inv_w_norm[:, None]
         dw = tl.where(above[:, None], g - radial[:, None] * w_hat, g) * inv_w_norm[:, None]
-        tl.store(dw_ptr + rows[:, None] * dim + ds[None, :], dw.to(dw_ptr.dtype.element_ty), mask=ok)
+        tl.store(dw_ptr + (dw_row0 + rows)[:, None] * dim + ds[None, :], dw.to(dw_ptr.dtype.element_ty), mask=ok)

@@ -35,17 +35,19 @@ CHUNK_ALIGN = 256
 # Under the interpreter: chunks of 16 classes in tiles of 8, so tiny test shapes span several chunks
 # and a chunk several tiles, with a partial last one.
 INTERPRET_CHUNK = 16
-# The chunk kernels are memory-bound loops of plain loads (no software pipelining): what hides the
-# latency is bytes in flight, 8 KB a tile times the programs resident on an SM. Tiles of 2 x 1024
-# (softmax) and 4 x 512 (logit gradients) at 4 warps take 96-107 registers, no spills (ptxas
-# sm_90a), so about 5 programs fit an SM, and N = 1024 rows still give 512 softmax programs
-# (3.9 per SM of an H100); the logit-gradient grid runs over the chunk's classes, 4 a program.
-# Under the interpreter, smaller tiles keep tiny test shapes over several tiles.
+# The softmax kernel is a memory-bound loop of plain loads (no software pipelining): what hides the
+# latency is bytes in flight, 8 KB a tile times the programs resident on an SM. Tiles of 2 x 1024 at
+# 4 warps take 96 registers, no spills (ptxas sm_90a), so about 5 programs fit an SM, and N = 1024
+# rows still give 512 programs (3.9 per SM of an H100). The logit-gradient kernel is elementwise:
+# one 32 x 128 tile (classes x rows) a program, whose per-row inputs (24 bytes a row) are small
+# beside the tile (24 bytes a row and class). Under the interpreter, smaller tiles keep tiny test
+# shapes over several tiles.
 CHUNK_BLOCK_ROWS = 4 if INTERPRET else 2
 CHUNK_BLOCK_COLS = 8 if INTERPRET else 1024
 CHUNK_WARPS = 4
-GRAD_BLOCK_CLASSES = 4
-GRAD_BLOCK_ROWS = 8 if INTERPRET else 512
+GRAD_BLOCK_CLASSES = 4 if INTERPRET else 32
+GRAD_BLOCK_ROWS = 8 if INTERPRET else 128
+GRAD_WARPS = 8
 
 
 def chunk_bytes() -> int:
@@ -82,10 +84,12 @@ MM_OUT_DTYPE = _mm_has_out_dtype()
 def gemm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b accumulated and returned in fp32. Half operands stay half on CUDA (tensor cores, fp32
     output); fp32 operands follow torch.set_float32_matmul_precision, as the reference's GEMMs do.
-    On CPU (interpreter tests) and before torch 2.8, half operands are upcast, which is exact."""
-    if a.dtype == torch.float32 or a.device.type != "cuda" or not MM_OUT_DTYPE:
-        return torch.mm(a.float(), b.float())
-    return torch.mm(a, b, out_dtype=torch.float32)
+    On CPU (interpreter tests) and before torch 2.8, half operands are upcast, which is exact.
+    Autocast is off here: it would run the fp32 GEMMs in half precision and return half results."""
+    with torch.autocast(a.device.type, enabled=False):
+        if a.dtype == torch.float32 or a.device.type != "cuda" or not MM_OUT_DTYPE:
+            return torch.mm(a.float(), b.float())
+        return torch.mm(a, b, out_dtype=torch.float32)
 
 
 def _chunk_grid(n_rows):
@@ -128,8 +132,10 @@ def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch
             off_o if product is None else product, n_rows, w.shape[0], c0, dim, s * LOG2E, s * m * LOG2E,
             NEED_DX=need_dx, FOLD_T=product is not None, BLOCK_R=CHUNK_BLOCK_ROWS, BLOCK_C=CHUNK_BLOCK_COLS,
             BLOCK_D=ROWWISE_BLOCK_D, num_warps=CHUNK_WARPS)
+        del dots  # the next chunk's buffers reuse the memory: the chunk budget holds in eager mode
         if need_dx:
             product = gemm_fp32_out(probs, w)
+        del probs
 
     row_am = torch.empty(n_rows, **f32)
     lse = torch.empty(n_rows, **f32)
@@ -159,12 +165,15 @@ def row_loss_gemm_grad_centroids(grad_am: torch.Tensor, grad_cos: torch.Tensor, 
         width = w_chunk.shape[0]
         dots_t = gemm_fp32_out(w_chunk.to(operand), x.t())
         logit_grads_t = torch.empty(width, n_rows, dtype=operand, device=features.device)
-        wrap_triton(chunk_grad_logits_kernel)[(triton.cdiv(width, GRAD_BLOCK_CLASSES),)](
+        wrap_triton(chunk_grad_logits_kernel)[(triton.cdiv(width, GRAD_BLOCK_CLASSES),
+                                               triton.cdiv(n_rows, GRAD_BLOCK_ROWS))](
             dots_t, logit_grads_t, labels, x_norm, w_norm[c0:], lse, grad_am, grad_cos, n_rows, width, c0,
-            s, s * LOG2E, s * m * LOG2E, BLOCK_J=GRAD_BLOCK_CLASSES, BLOCK_I=GRAD_BLOCK_ROWS, num_warps=CHUNK_WARPS)
+            s, s * LOG2E, s * m * LOG2E, BLOCK_J=GRAD_BLOCK_CLASSES, BLOCK_I=GRAD_BLOCK_ROWS, num_warps=GRAD_WARPS)
+        del dots_t  # the next chunk's buffers reuse the memory: the chunk budget holds in eager mode
         grad_w_hat = gemm_fp32_out(logit_grads_t, x)
+        del logit_grads_t
         wrap_triton(grad_centroids_finish_kernel)[_rowwise_grid(width)](
-            grad_w_hat, w_chunk, w_norm[c0:], grad_w[c0:], width, dim, 1, w_chunk.stride(0), w_chunk.stride(1),
+            grad_w_hat, w_chunk, w_norm[c0:], grad_w, width, dim, 1, w_chunk.stride(0), w_chunk.stride(1), c0,
             BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
     return grad_w
 

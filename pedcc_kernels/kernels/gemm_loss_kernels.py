@@ -27,7 +27,9 @@ def _chunk_cosines(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm, local_labels,
     return cos, tl.where(col_ok[None, :], z, float("-inf")), is_target, inv_w_norm, col_ok
 
 
-@triton.jit(do_not_specialize=["n_rows", "chunk_cols", "c0"])
+# chunk_cols (softmax) and n_rows (logit gradients) are row strides of the chunk buffers: specialised,
+# so that their divisibility by 16 gives vectorised loads and stores; c0 and the bounds are not.
+@triton.jit(do_not_specialize=["n_rows", "c0"])
 def chunk_softmax_kernel(dots_ptr, p_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
                          run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr,
                          n_rows, chunk_cols, c0, dim, scale_log2, margin_log2,
@@ -127,35 +129,35 @@ def chunk_finish_kernel(run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pco
             tl.store(o_ptr + at, o / total[:, None], mask=ok)
 
 
-@triton.jit(do_not_specialize=["n_rows", "chunk_cols", "c0"])
+@triton.jit(do_not_specialize=["chunk_cols", "c0"])
 def chunk_grad_logits_kernel(dots_t_ptr, g_t_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, lse_ptr, grad_am_ptr,
                              grad_cos_ptr, n_rows, chunk_cols, c0, scale, scale_log2, margin_log2,
                              BLOCK_J: tl.constexpr, BLOCK_I: tl.constexpr):
     """G^T[j, i] = g_ij / ||x_i|| for one chunk of classes (dL/dW), in g_t_ptr's dtype, from
     dots_t (chunk_cols, n_rows) fp32 = w_j . x_i, with g_ij = a_i s (p_ij - [j == y_i]) + b_i [j == y_i]
     and p recomputed from the saved lse; then G^T x = sum_i g_ij x^_i, the gradient w.r.t. the
-    normalised centroids of the chunk. Classes x rows (the transpose of the forward's chunk) keeps
-    torch.compile from merging this GEMM with the forward's and saving the N x chunk dot products
-    for the backward; it is also the layout the G^T x GEMM reads."""
+    normalised centroids of the chunk. One program: a BLOCK_J x BLOCK_I tile (classes x rows).
+    Classes x rows (the transpose of the forward's chunk) keeps torch.compile from merging this GEMM
+    with the forward's and saving the N x chunk dot products for the backward; it is also the layout
+    the G^T x GEMM reads."""
     # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
     scale = tl.cast(scale, tl.float32)
     scale_log2 = tl.cast(scale_log2, tl.float32)
     margin_log2 = tl.cast(margin_log2, tl.float32)
     cols = tl.program_id(0).to(tl.int64) * BLOCK_J + tl.arange(0, BLOCK_J)
     col_ok = cols < chunk_cols
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
+    row_ok = rows < n_rows
     inv_w_norm = 1.0 / tl.maximum(tl.load(w_norm_ptr + cols, mask=col_ok, other=1.0), NORM_EPS)
-    for r0 in range(0, n_rows, BLOCK_I):
-        rows = r0 + tl.arange(0, BLOCK_I)
-        row_ok = rows < n_rows
-        local_labels = tl.load(labels_ptr + rows, mask=row_ok, other=-1) - c0
-        inv_x_norm = 1.0 / tl.maximum(tl.load(x_norm_ptr + rows, mask=row_ok, other=1.0), NORM_EPS)
-        lse_log2 = tl.load(lse_ptr + rows, mask=row_ok, other=0.0) * LOG2E
-        a_s = tl.load(grad_am_ptr + rows, mask=row_ok, other=0.0) * scale
-        b = tl.load(grad_cos_ptr + rows, mask=row_ok, other=0.0)
-        at = cols[:, None] * n_rows + rows[None, :]
-        ok = col_ok[:, None] & row_ok[None, :]
-        cos = tl.load(dots_t_ptr + at, mask=ok, other=0.0) * inv_w_norm[:, None] * inv_x_norm[None, :]
-        is_target = cols[:, None] == local_labels[None, :]
-        p = tl.exp2(cos * scale_log2 - tl.where(is_target, margin_log2, 0.0) - lse_log2[None, :])
-        g = a_s[None, :] * (p - tl.where(is_target, 1.0, 0.0)) + tl.where(is_target, b[None, :], 0.0)
-        tl.store(g_t_ptr + at, (g * inv_x_norm[None, :]).to(g_t_ptr.dtype.element_ty), mask=ok)
+    local_labels = tl.load(labels_ptr + rows, mask=row_ok, other=-1) - c0
+    inv_x_norm = 1.0 / tl.maximum(tl.load(x_norm_ptr + rows, mask=row_ok, other=1.0), NORM_EPS)
+    lse_log2 = tl.load(lse_ptr + rows, mask=row_ok, other=0.0) * LOG2E
+    a_s = tl.load(grad_am_ptr + rows, mask=row_ok, other=0.0) * scale
+    b = tl.load(grad_cos_ptr + rows, mask=row_ok, other=0.0)
+    at = cols[:, None] * n_rows + rows[None, :]
+    ok = col_ok[:, None] & row_ok[None, :]
+    cos = tl.load(dots_t_ptr + at, mask=ok, other=0.0) * inv_w_norm[:, None] * inv_x_norm[None, :]
+    is_target = cols[:, None] == local_labels[None, :]
+    p = tl.exp2(cos * scale_log2 - tl.where(is_target, margin_log2, 0.0) - lse_log2[None, :])
+    g = a_s[None, :] * (p - tl.where(is_target, 1.0, 0.0)) + tl.where(is_target, b[None, :], 0.0)
+    tl.store(g_t_ptr + at, (g * inv_x_norm[None, :]).to(g_t_ptr.dtype.element_ty), mask=ok)
