@@ -113,6 +113,7 @@ step environment 60 0 bash -c "
     command -v nvcc >/dev/null && nvcc --version | tail -n 2
     $PY -c 'import sys, torch; print(sys.version.split()[0], \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"gpu\", torch.cuda.is_available())'
     $PY -c 'import triton; print(\"triton\", triton.__version__)' || true
+    command -v gcc >/dev/null && gcc --version | head -n 1
     nproc; uptime"
 
 # 2. Wheels carried in .whl/ (packages missing on a machine without network), into a private folder.
@@ -142,7 +143,8 @@ else
         bash -c "$PY -m pip install --no-build-isolation --no-deps -e . \
                  || CPATH=\"\${CPATH:+\$CPATH:}\$WHEEL_INCLUDES\" $PY setup.py build_ext --inplace; \
                  $PY -c 'from pedcc_kernels import _ext; print(\"CUDA kernels built:\", _ext.has_cuda_kernels()); \
-                         import sys; sys.exit(0 if _ext.has_cuda_kernels() else 1)'"
+                         import sys; sys.exit(0 if _ext.has_cuda_kernels() else 1)' \
+                 && { ldd pedcc_kernels/_C*.so | grep -E 'stdc|torch|cuda|cublas' || true; }"
 fi
 
 # 4. Tests. First the force kernels (CUDA and Triton) against the CPU op and float64. If all pass,
