@@ -37,11 +37,11 @@ CHUNK_ALIGN = 256
 INTERPRET_CHUNK = 16
 # The softmax kernel is a memory-bound loop of plain loads (no software pipelining): what hides the
 # latency is bytes in flight, 8 KB a tile times the programs resident on an SM. Tiles of 2 x 1024 at
-# 4 warps take 96 registers, no spills (ptxas sm_90a), so about 5 programs fit an SM, and N = 1024
-# rows still give 512 programs (3.9 per SM of an H100). The logit-gradient kernel is elementwise:
-# one 32 x 128 tile (classes x rows) a program, whose per-row inputs (24 bytes a row) are small
-# beside the tile (24 bytes a row and class). Under the interpreter, smaller tiles keep tiny test
-# shapes over several tiles.
+# 4 warps take 72 registers, no spills, vectorised loads (ptxas sm_90a), so several programs fit an
+# SM, and N = 1024 rows still give 512 programs (3.9 per SM of an H100). The logit-gradient kernel is
+# elementwise: one 32 x 128 tile (classes x rows) a program at 8 warps (80 registers), whose per-row
+# inputs (24 bytes a row) are small beside the tile (24 bytes a row and class). Under the
+# interpreter, smaller tiles keep tiny test shapes over several tiles.
 CHUNK_BLOCK_ROWS = 4 if INTERPRET else 2
 CHUNK_BLOCK_COLS = 8 if INTERPRET else 1024
 CHUNK_WARPS = 4
