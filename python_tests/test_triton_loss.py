@@ -364,3 +364,18 @@ def test_gemm_chunk_setting_sizes_the_chunks(monkeypatch, strategy):
     assert gemm_loss.chunk_classes(1024, 100000, 2) == 2560
     assert gemm_loss.chunk_classes(1024, 1000, 4) == 1000
     assert gemm_loss.chunk_classes(10**6, 100000, 4) == gemm_loss.CHUNK_ALIGN
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gemm_strategy_splits_chunks_for_few_rows(dtype, strategy):
+    """Few rows: the 'gemm' strategy cuts each chunk's columns into pieces (a max pass, the softmax
+    pass, a merge), so that the grid still fills the GPU."""
+    if strategy != "gemm":
+        pytest.skip("gemm strategy only")
+    from pedcc_kernels.kernels import gemm_loss
+
+    shape = (4, 20000, 512) if ON_GPU else (3, 70, 20)
+    x, y, w = make_inputs(*shape, seed=17, x_dtype=dtype)
+    chunk = gemm_loss.chunk_classes(shape[0], shape[1], x.element_size())
+    assert gemm_loss.chunk_pieces(shape[0], chunk, x.device)[1] >= 2
+    check_against_truth(x, y, w, f"split chunks {dtype}", s=30.0)

@@ -155,11 +155,15 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device."""
+    return _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def _target_programs(device: torch.device) -> int:
     """About two waves of programs fill the GPU; the interpreter only needs a few to test splits."""
     if device.type == "cuda" and not INTERPRET:
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return 2 * _multiprocessors(index)
+        return 2 * multiprocessors(device)
     return 4
 
 

@@ -21,8 +21,9 @@ from torch.library import triton_op, wrap_triton
 
 from .fused_loss import LOG2E, _row_norms, _rowwise_grid, backward_with, save_for_backward
 from .fused_loss_bwd import grad_centroids_finish_kernel
-from .fused_loss_config import INTERPRET, ROWWISE_BLOCK_D, ROWWISE_BLOCK_ROWS, ROWWISE_WARPS
-from .gemm_loss_kernels import chunk_finish_kernel, chunk_grad_logits_kernel, chunk_softmax_kernel
+from .fused_loss_config import INTERPRET, ROWWISE_BLOCK_D, ROWWISE_BLOCK_ROWS, ROWWISE_WARPS, multiprocessors
+from .gemm_loss_kernels import (chunk_finish_kernel, chunk_grad_logits_kernel, chunk_merge_kernel,
+                                chunk_piece_max_kernel, chunk_softmax_kernel)
 
 # Bytes of the per-chunk buffers (fp32 dot products + probabilities in the operand dtype). Each chunk
 # costs about 35 us of host time (two torch.mm, one Triton launch, views): a chunk of 64 MiB holds
@@ -48,6 +49,11 @@ CHUNK_WARPS = 4
 GRAD_BLOCK_CLASSES = 4 if INTERPRET else 32
 GRAD_BLOCK_ROWS = 8 if INTERPRET else 128
 GRAD_WARPS = 8
+# Few rows (N / CHUNK_BLOCK_ROWS programs short of PROGRAMS_PER_SM a multiprocessor) split each chunk's
+# columns into pieces of at least MIN_PIECE_COLS, one program per row block and piece: a pass for
+# the pieces' maxima, the softmax pass, and a merge of the pieces' row sums (two launches more).
+PROGRAMS_PER_SM = 4
+MIN_PIECE_COLS = 8 if INTERPRET else 4096
 
 
 def chunk_bytes() -> int:
@@ -92,8 +98,14 @@ def gemm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.mm(a, b, out_dtype=torch.float32)
 
 
-def _chunk_grid(n_rows):
-    return (triton.cdiv(n_rows, CHUNK_BLOCK_ROWS),)
+def chunk_pieces(n_rows: int, chunk_cols: int, device: torch.device) -> Tuple[int, int]:
+    """(columns per piece, pieces) of a chunk: one piece unless the row blocks alone leave the GPU
+    short of programs (under the interpreter, short of 4)."""
+    wanted = 4 if INTERPRET or device.type != "cuda" else PROGRAMS_PER_SM * multiprocessors(device)
+    pieces = max(1, min(triton.cdiv(wanted, triton.cdiv(n_rows, CHUNK_BLOCK_ROWS)),
+                        triton.cdiv(chunk_cols, MIN_PIECE_COLS)))
+    piece_cols = triton.cdiv(triton.cdiv(chunk_cols, pieces), CHUNK_BLOCK_COLS) * CHUNK_BLOCK_COLS
+    return piece_cols, triton.cdiv(chunk_cols, piece_cols)
 
 
 @triton_op("pedcc_triton::row_loss_gemm", mutates_args=())
@@ -123,15 +135,31 @@ def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch
     off_o = torch.zeros(n_rows if need_dx else 0, dim, **f32)
     chunk = chunk_classes(n_rows, n_classes, operand.itemsize)
     product = None
+    row_blocks = triton.cdiv(n_rows, CHUNK_BLOCK_ROWS)
     for c0 in range(0, n_classes, chunk):
         w = centroids[c0:c0 + chunk].to(operand)
+        width = w.shape[0]
+        piece_cols, n_pieces = chunk_pieces(n_rows, width, device)
+        split = n_pieces > 1
+        parts = torch.empty(5 if split else 0, n_pieces, n_rows, **f32)  # max, tcos, sum, off_sum, off_pcos
         dots = gemm_fp32_out(x, w.t())
         probs = torch.empty(dots.shape if need_dx else (0, 0), dtype=operand, device=device)
-        wrap_triton(chunk_softmax_kernel)[_chunk_grid(n_rows)](
-            dots, probs, labels, x_norm, w_norm[c0:], run_max, run_sum, target_cos, off_sum, off_pcos, off_o,
-            off_o if product is None else product, n_rows, w.shape[0], c0, dim, s * LOG2E, s * m * LOG2E,
-            NEED_DX=need_dx, FOLD_T=product is not None, BLOCK_R=CHUNK_BLOCK_ROWS, BLOCK_C=CHUNK_BLOCK_COLS,
-            BLOCK_D=ROWWISE_BLOCK_D, num_warps=CHUNK_WARPS)
+        row_args = (labels, x_norm, w_norm[c0:])
+        state = (run_max, run_sum, target_cos, off_sum, off_pcos, off_o, off_o if product is None else product)
+        scalars = (s * LOG2E, s * m * LOG2E)
+        if split:
+            wrap_triton(chunk_piece_max_kernel)[(row_blocks, n_pieces)](
+                dots, *row_args, parts[0], parts[1], n_rows, width, piece_cols, c0, *scalars,
+                BLOCK_R=CHUNK_BLOCK_ROWS, BLOCK_C=CHUNK_BLOCK_COLS, num_warps=CHUNK_WARPS)
+        part_args = (parts[0], parts[2], parts[3], parts[4]) if split else (parts,) * 4  # unread unless split
+        wrap_triton(chunk_softmax_kernel)[(row_blocks, n_pieces)](
+            dots, probs, *row_args, *state, *part_args, n_rows, width, piece_cols, n_pieces, c0, dim, *scalars,
+            NEED_DX=need_dx, FOLD_T=product is not None, SPLIT=split, BLOCK_R=CHUNK_BLOCK_ROWS,
+            BLOCK_C=CHUNK_BLOCK_COLS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=CHUNK_WARPS)
+        if split:
+            wrap_triton(chunk_merge_kernel)[_rowwise_grid(n_rows)](
+                *parts, *state, n_rows, n_pieces, dim, NEED_DX=need_dx, FOLD_T=product is not None,
+                BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
         del dots  # the next chunk's buffers reuse the memory: the chunk budget holds in eager mode
         if need_dx:
             product = gemm_fp32_out(probs, w)

@@ -27,48 +27,132 @@ def _chunk_cosines(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm, local_labels,
     return cos, tl.where(col_ok[None, :], z, float("-inf")), is_target, inv_w_norm, col_ok
 
 
+@triton.jit
+def _piece_max(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm, local_labels, col_begin, n_cols, chunk_cols,
+               scale_log2, margin_log2, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Row maxima of z and the target cosine (0 when the target is elsewhere) over the chunk's
+    columns [col_begin, col_begin + n_cols)."""
+    piece_max = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
+    target_cos = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for offset in range(0, n_cols, BLOCK_C):
+        cols = col_begin + offset + tl.arange(0, BLOCK_C)
+        cos, z, is_target, _, _ = _chunk_cosines(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm, local_labels,
+                                                 cols, chunk_cols, scale_log2, margin_log2)
+        target_cos += tl.sum(tl.where(is_target, cos, 0.0), axis=1)
+        piece_max = tl.maximum(piece_max, tl.max(z, axis=1))
+    return piece_max, target_cos
+
+
+@triton.jit
+def _fold_chunk(rows, row_ok, old_max, new_max, chunk_sum, chunk_tcos, chunk_off_sum, chunk_off_pcos,
+                run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr, dim,
+                NEED_DX: tl.constexpr, FOLD_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Fold a chunk's row sums (relative to new_max) into the running accumulators (relative to
+    old_max until now); O first gets the previous chunk's product t (FOLD_T), then the rescale."""
+    rescale = tl.exp2(old_max - new_max)
+    tl.store(run_max_ptr + rows, new_max, mask=row_ok)
+    tl.store(run_sum_ptr + rows, tl.load(run_sum_ptr + rows, mask=row_ok, other=0.0) * rescale + chunk_sum,
+             mask=row_ok)
+    tl.store(tcos_ptr + rows, tl.load(tcos_ptr + rows, mask=row_ok, other=0.0) + chunk_tcos, mask=row_ok)
+    if NEED_DX:
+        tl.store(off_sum_ptr + rows,
+                 tl.load(off_sum_ptr + rows, mask=row_ok, other=0.0) * rescale + chunk_off_sum, mask=row_ok)
+        tl.store(off_pcos_ptr + rows,
+                 tl.load(off_pcos_ptr + rows, mask=row_ok, other=0.0) * rescale + chunk_off_pcos, mask=row_ok)
+        for d0 in range(0, dim, BLOCK_D):
+            ds = d0 + tl.arange(0, BLOCK_D)
+            at = rows[:, None] * dim + ds[None, :]
+            ok = row_ok[:, None] & (ds[None, :] < dim)
+            o = tl.load(o_ptr + at, mask=ok, other=0.0)
+            if FOLD_T:
+                o += tl.load(t_ptr + at, mask=ok, other=0.0)
+            tl.store(o_ptr + at, o * rescale[:, None], mask=ok)
+
+
+@triton.jit
+def _max_of_pieces(part_max_ptr, rows, row_ok, n_rows, n_pieces, BLOCK_R: tl.constexpr):
+    """The chunk's row maxima from its pieces' (the same value in every kernel that asks)."""
+    chunk_max = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
+    for k in range(0, n_pieces):
+        chunk_max = tl.maximum(chunk_max, tl.load(part_max_ptr + k * n_rows + rows, mask=row_ok, other=0.0))
+    return chunk_max
+
+
 # chunk_cols (softmax) and n_rows (logit gradients) are row strides of the chunk buffers: specialised,
 # so that their divisibility by 16 gives vectorised loads and stores; c0 and the bounds are not.
-@triton.jit(do_not_specialize=["n_rows", "c0"])
+@triton.jit(do_not_specialize=["n_rows", "piece_cols", "c0"])
+def chunk_piece_max_kernel(dots_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, part_max_ptr, part_tcos_ptr,
+                           n_rows, chunk_cols, piece_cols, c0, scale_log2, margin_log2,
+                           BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Split chunks (few rows: the columns are cut into pieces so that the grid fills the GPU), first
+    pass: per (piece, row) the maximum of z and the target cosine over the piece's columns."""
+    # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
+    scale_log2 = tl.cast(scale_log2, tl.float32)
+    margin_log2 = tl.cast(margin_log2, tl.float32)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
+    piece = tl.program_id(1)
+    # piece_cols is a multiple of BLOCK_C (the caller's rule), so tiles never cross pieces and only
+    # the chunk's end masks columns; loops count offsets from 0 and masks compare with chunk_cols,
+    # whose divisibility is known: the loads stay vectorised.
+    col_begin = tl.multiple_of(piece * piece_cols, BLOCK_C)
+    n_cols = tl.minimum(piece_cols, chunk_cols - col_begin)
+    local_labels = tl.load(labels_ptr + rows, mask=row_ok, other=-1) - c0
+    inv_x_norm = 1.0 / tl.maximum(tl.load(x_norm_ptr + rows, mask=row_ok, other=1.0), NORM_EPS)
+    piece_max, target_cos = _piece_max(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm, local_labels, col_begin,
+                                       n_cols, chunk_cols, scale_log2, margin_log2, BLOCK_R, BLOCK_C)
+    at = piece.to(tl.int64) * n_rows + rows
+    tl.store(part_max_ptr + at, piece_max, mask=row_ok)
+    tl.store(part_tcos_ptr + at, target_cos, mask=row_ok)
+
+
+@triton.jit(do_not_specialize=["n_rows", "piece_cols", "n_pieces", "c0"])
 def chunk_softmax_kernel(dots_ptr, p_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
                          run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr,
-                         n_rows, chunk_cols, c0, dim, scale_log2, margin_log2,
-                         NEED_DX: tl.constexpr, FOLD_T: tl.constexpr,
+                         part_max_ptr, part_sum_ptr, part_off_sum_ptr, part_off_pcos_ptr,
+                         n_rows, chunk_cols, piece_cols, n_pieces, c0, dim, scale_log2, margin_log2,
+                         NEED_DX: tl.constexpr, FOLD_T: tl.constexpr, SPLIT: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Fold one chunk of classes [c0, c0 + chunk_cols) into the per-row running accumulators.
+    """One chunk of classes [c0, c0 + chunk_cols): probabilities and row sums.
 
     dots_ptr: (n_rows, chunk_cols) fp32 x_i . w_j, contiguous; w_norm_ptr points at the chunk's first
-    norm. Updates, relative to the new running max (log2 units): run_max, run_sum, tcos (the target
-    cosine, when the target is in the chunk) and, when NEED_DX, the off-target sums over j != y_i:
-    off_sum, off_pcos and O (n_rows x dim, fp32), into which the previous chunk's product
-    t = P_prev W_prev is folded first (FOLD_T). Writes P[i, j] = p_ij / ||w_j|| (0 on the target), in
-    p_ptr's dtype, for the caller's GEMM O_next = P W_chunk.
+    norm. Writes P[i, j] = p_ij / ||w_j|| (0 on the target), relative to the new running max
+    max(run_max, chunk max) (log2 units), in p_ptr's dtype, for the caller's GEMM P W_chunk.
+    Unsplit (one program per row block, all columns): finds the chunk max itself (a first pass) and
+    folds the row sums into the running accumulators: run_max, run_sum, tcos (the target cosine,
+    when the target is in the chunk) and, when NEED_DX, the off-target sums over j != y_i, off_sum,
+    off_pcos and O (n_rows x dim, fp32), into which the previous chunk's product t = P_prev W_prev
+    goes first (FOLD_T). SPLIT (a program per row block and piece of piece_cols columns): takes the
+    chunk max from chunk_piece_max_kernel's pieces and writes its piece's row sums for
+    chunk_merge_kernel, which folds them.
     """
     # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
     scale_log2 = tl.cast(scale_log2, tl.float32)
     margin_log2 = tl.cast(margin_log2, tl.float32)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
+    piece = tl.program_id(1)
+    # piece_cols is a multiple of BLOCK_C (the caller's rule), so tiles never cross pieces and only
+    # the chunk's end masks columns; loops count offsets from 0 and masks compare with chunk_cols,
+    # whose divisibility is known: the loads stay vectorised.
+    col_begin = tl.multiple_of(piece * piece_cols, BLOCK_C)
+    n_cols = tl.minimum(piece_cols, chunk_cols - col_begin)
     local_labels = tl.load(labels_ptr + rows, mask=row_ok, other=-1) - c0
     inv_x_norm = 1.0 / tl.maximum(tl.load(x_norm_ptr + rows, mask=row_ok, other=1.0), NORM_EPS)
     old_max = tl.load(run_max_ptr + rows, mask=row_ok, other=0.0)
-
-    chunk_max = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
-    target_cos = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for col0 in range(0, chunk_cols, BLOCK_C):
-        cols = col0 + tl.arange(0, BLOCK_C)
-        cos, z, is_target, _, _ = _chunk_cosines(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm, local_labels,
-                                                 cols, chunk_cols, scale_log2, margin_log2)
-        target_cos += tl.sum(tl.where(is_target, cos, 0.0), axis=1)
-        chunk_max = tl.maximum(chunk_max, tl.max(z, axis=1))
+    if SPLIT:
+        chunk_max = _max_of_pieces(part_max_ptr, rows, row_ok, n_rows, n_pieces, BLOCK_R)
+        target_cos = tl.zeros([BLOCK_R], dtype=tl.float32)
+    else:
+        chunk_max, target_cos = _piece_max(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm, local_labels, 0,
+                                           chunk_cols, chunk_cols, scale_log2, margin_log2, BLOCK_R, BLOCK_C)
     new_max = tl.maximum(old_max, chunk_max)
-    rescale = tl.exp2(old_max - new_max)
 
     chunk_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
     off_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
     off_pcos = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for col0 in range(0, chunk_cols, BLOCK_C):
-        cols = col0 + tl.arange(0, BLOCK_C)
+    for offset in range(0, n_cols, BLOCK_C):
+        cols = col_begin + offset + tl.arange(0, BLOCK_C)
         cos, z, is_target, inv_w_norm, col_ok = _chunk_cosines(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm,
                                                                local_labels, cols, chunk_cols, scale_log2,
                                                                margin_log2)
@@ -82,23 +166,43 @@ def chunk_softmax_kernel(dots_ptr, p_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
                      (p_off * inv_w_norm[None, :]).to(p_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & col_ok[None, :])
 
-    tl.store(run_max_ptr + rows, new_max, mask=row_ok)
-    tl.store(run_sum_ptr + rows, tl.load(run_sum_ptr + rows, mask=row_ok, other=0.0) * rescale + chunk_sum,
-             mask=row_ok)
-    tl.store(tcos_ptr + rows, tl.load(tcos_ptr + rows, mask=row_ok, other=0.0) + target_cos, mask=row_ok)
-    if NEED_DX:
-        tl.store(off_sum_ptr + rows, tl.load(off_sum_ptr + rows, mask=row_ok, other=0.0) * rescale + off_sum,
-                 mask=row_ok)
-        tl.store(off_pcos_ptr + rows, tl.load(off_pcos_ptr + rows, mask=row_ok, other=0.0) * rescale + off_pcos,
-                 mask=row_ok)
-        for d0 in range(0, dim, BLOCK_D):
-            ds = d0 + tl.arange(0, BLOCK_D)
-            at = rows[:, None] * dim + ds[None, :]
-            ok = row_ok[:, None] & (ds[None, :] < dim)
-            o = tl.load(o_ptr + at, mask=ok, other=0.0)
-            if FOLD_T:
-                o += tl.load(t_ptr + at, mask=ok, other=0.0)
-            tl.store(o_ptr + at, o * rescale[:, None], mask=ok)
+    if SPLIT:
+        at = piece.to(tl.int64) * n_rows + rows
+        tl.store(part_sum_ptr + at, chunk_sum, mask=row_ok)
+        if NEED_DX:
+            tl.store(part_off_sum_ptr + at, off_sum, mask=row_ok)
+            tl.store(part_off_pcos_ptr + at, off_pcos, mask=row_ok)
+    else:
+        _fold_chunk(rows, row_ok, old_max, new_max, chunk_sum, target_cos, off_sum, off_pcos,
+                    run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr, dim,
+                    NEED_DX, FOLD_T, BLOCK_D)
+
+
+@triton.jit
+def chunk_merge_kernel(part_max_ptr, part_tcos_ptr, part_sum_ptr, part_off_sum_ptr, part_off_pcos_ptr,
+                       run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr,
+                       n_rows, n_pieces, dim, NEED_DX: tl.constexpr, FOLD_T: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Split chunks, last step: the pieces' row sums, added in piece order (deterministic), folded
+    into the running accumulators as the unsplit softmax kernel does."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
+    old_max = tl.load(run_max_ptr + rows, mask=row_ok, other=0.0)
+    new_max = tl.maximum(old_max, _max_of_pieces(part_max_ptr, rows, row_ok, n_rows, n_pieces, BLOCK_R))
+    chunk_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
+    chunk_tcos = tl.zeros([BLOCK_R], dtype=tl.float32)
+    off_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
+    off_pcos = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for k in range(0, n_pieces):
+        at = k * n_rows + rows
+        chunk_sum += tl.load(part_sum_ptr + at, mask=row_ok, other=0.0)
+        chunk_tcos += tl.load(part_tcos_ptr + at, mask=row_ok, other=0.0)
+        if NEED_DX:
+            off_sum += tl.load(part_off_sum_ptr + at, mask=row_ok, other=0.0)
+            off_pcos += tl.load(part_off_pcos_ptr + at, mask=row_ok, other=0.0)
+    _fold_chunk(rows, row_ok, old_max, new_max, chunk_sum, chunk_tcos, off_sum, off_pcos,
+                run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr, dim,
+                NEED_DX, FOLD_T, BLOCK_D)
 
 
 @triton.jit
