@@ -19,13 +19,14 @@ from pedcc_kernels.kernels.fused_loss_config import LOSS_STRATEGIES
 REPO = Path(__file__).resolve().parent.parent
 
 
-def compiled_vs_eager(backend, features_dtype=torch.float32, centroids_dtype=torch.float32):
+def compiled_vs_eager(backend, features_dtype=torch.float32, centroids_dtype=torch.float32, n_rows=20,
+                      n_classes=37):
     torch.manual_seed(0)
     model = torch.nn.Linear(24, 16).to(DEVICE)
-    centroids = torch.nn.Parameter(torch.randn(37, 16, device=DEVICE, dtype=centroids_dtype))
-    x = torch.randn(20, 24, device=DEVICE)
-    y = torch.randint(0, 37, (20,), device=DEVICE)
-    y[3] = -100
+    centroids = torch.nn.Parameter(torch.randn(n_classes, 16, device=DEVICE, dtype=centroids_dtype))
+    x = torch.randn(n_rows, 24, device=DEVICE)
+    y = torch.randint(0, n_classes, (n_rows,), device=DEVICE)
+    y[-1] = -100
 
     def loss_fn(inputs, labels):
         features = model(inputs).to(features_dtype)
@@ -62,6 +63,17 @@ def test_triton_backend_compiles_without_graph_breaks(features_dtype, centroids_
     torch._dynamo.reset()
     tol = 1e-4 if features_dtype == centroids_dtype == torch.float32 else 2e-2
     assert_same(*compiled_vs_eager("triton", features_dtype, centroids_dtype), tol=tol)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="the Triton interpreter (CPU) cannot be compiled through")
+def test_gemm_strategy_with_split_chunks_compiles(monkeypatch):
+    """Few rows and 9000 classes: the 'gemm' strategy's split path (pieces of a chunk) under compile."""
+    from pedcc_kernels.kernels import gemm_loss
+
+    monkeypatch.setenv("PEDCC_TRITON_LOSS", "gemm")
+    assert gemm_loss.chunk_pieces(4, 9000, DEVICE)[1] >= 2
+    torch._dynamo.reset()
+    assert_same(*compiled_vs_eager("triton", torch.bfloat16, torch.bfloat16, n_rows=4, n_classes=9000), tol=2e-2)
 
 
 TRACE_SCRIPT = r"""

@@ -141,7 +141,9 @@ def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch
         width = w.shape[0]
         piece_cols, n_pieces = chunk_pieces(n_rows, width, device)
         split = n_pieces > 1
-        parts = torch.empty(5 if split else 0, n_pieces, n_rows, **f32)  # max, tcos, sum, off_sum, off_pcos
+        # per (piece, row): max, target cosine, sum, off-target sum, off-target p cos (separate tensors:
+        # under torch.compile, kernels writing views of one buffer would copy it back each time)
+        parts = [torch.empty(n_pieces if split else 0, n_rows, **f32) for _ in range(5)]
         dots = gemm_fp32_out(x, w.t())
         probs = torch.empty(dots.shape if need_dx else (0, 0), dtype=operand, device=device)
         row_args = (labels, x_norm, w_norm[c0:])
@@ -151,7 +153,7 @@ def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch
             wrap_triton(chunk_piece_max_kernel)[(row_blocks, n_pieces)](
                 dots, *row_args, parts[0], parts[1], n_rows, width, piece_cols, c0, *scalars,
                 BLOCK_R=CHUNK_BLOCK_ROWS, BLOCK_C=CHUNK_BLOCK_COLS, num_warps=CHUNK_WARPS)
-        part_args = (parts[0], parts[2], parts[3], parts[4]) if split else (parts,) * 4  # unread unless split
+        part_args = (parts[0], parts[2], parts[3], parts[4])  # empty and unread unless split
         wrap_triton(chunk_softmax_kernel)[(row_blocks, n_pieces)](
             dots, probs, *row_args, *state, *part_args, n_rows, width, piece_cols, n_pieces, c0, dim, *scalars,
             NEED_DX=need_dx, FOLD_T=product is not None, SPLIT=split, BLOCK_R=CHUNK_BLOCK_ROWS,
