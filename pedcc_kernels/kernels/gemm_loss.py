@@ -104,7 +104,7 @@ def chunk_pieces(n_rows: int, chunk_cols: int, device: torch.device) -> Tuple[in
     wanted = 4 if INTERPRET or device.type != "cuda" else PROGRAMS_PER_SM * multiprocessors(device)
     pieces = max(1, min(triton.cdiv(wanted, triton.cdiv(n_rows, CHUNK_BLOCK_ROWS)),
                         triton.cdiv(chunk_cols, MIN_PIECE_COLS)))
-    piece_cols = triton.cdiv(triton.cdiv(chunk_cols, pieces), CHUNK_BLOCK_COLS) * CHUNK_BLOCK_COLS
+    piece_cols = triton.cdiv(chunk_cols, pieces)
     return piece_cols, triton.cdiv(chunk_cols, piece_cols)
 
 
