@@ -367,15 +367,58 @@ def test_gemm_chunk_setting_sizes_the_chunks(monkeypatch, strategy):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gemm_strategy_splits_chunks_for_few_rows(dtype, strategy):
+def test_gemm_strategy_splits_chunks_for_few_rows(dtype, strategy, monkeypatch):
     """Few rows: the 'gemm' strategy cuts each chunk's columns into pieces (a max pass, the softmax
     pass, a merge), so that the grid still fills the GPU."""
     if strategy != "gemm":
         pytest.skip("gemm strategy only")
     from pedcc_kernels.kernels import gemm_loss
 
+    if ON_GPU:  # chunks of 8192 (half) or 6144 (fp32) classes: split, split, then a last unsplit one
+        monkeypatch.setenv("PEDCC_GEMM_CHUNK_MIB", "0.1875")
+    else:  # chunks of 40 classes: pieces of 2 tiles with a partial last one, a partial last chunk
+        monkeypatch.setattr(gemm_loss, "INTERPRET_CHUNK", 40)
     shape = (4, 20000, 512) if ON_GPU else (3, 70, 20)
     x, y, w = make_inputs(*shape, seed=17, x_dtype=dtype)
     chunk = gemm_loss.chunk_classes(shape[0], shape[1], x.element_size())
-    assert gemm_loss.chunk_pieces(shape[0], chunk, x.device)[1] >= 2
+    piece_cols, n_pieces = gemm_loss.chunk_pieces(shape[0], chunk, x.device)
+    assert n_pieces >= 2 and piece_cols >= 2 * gemm_loss.CHUNK_BLOCK_COLS and shape[1] > chunk
     check_against_truth(x, y, w, f"split chunks {dtype}", s=30.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gemm_split_chunk_max_outside_the_first_piece(dtype, strategy):
+    """Each row's largest logit sits in the chunk's second piece, at s = 64: probabilities written
+    relative to a piece's own maximum instead of the chunk's would overflow in fp16 or lose the row."""
+    if strategy != "gemm":
+        pytest.skip("gemm strategy only")
+    from pedcc_kernels.kernels import gemm_loss
+
+    n_rows, n_classes, dim = (4, 9000, 64) if ON_GPU else (3, 16, 20)
+    x, y, w = make_inputs(n_rows, n_classes, dim, seed=18, x_dtype=torch.float64)
+    second_piece = gemm_loss.chunk_pieces(n_rows, n_classes, DEVICE)[0]
+    assert second_piece + n_rows <= n_classes
+    x = w[second_piece:second_piece + n_rows].cpu() + 0.05 * x.cpu()
+    check_against_truth(x.to(DEVICE, dtype), y, w.to(DEVICE, dtype), f"max in piece 2 {dtype}", s=64.0)
+
+
+def test_gemm_chunk_pieces_rule(monkeypatch, strategy):
+    """Pieces are whole tiles (the kernels' vectorisation hint relies on it), cover the chunk exactly,
+    stay within CUDA's grid limit, and appear only when the row blocks leave the GPU short."""
+    if strategy != "gemm":
+        pytest.skip("gemm strategy only")
+    from pedcc_kernels.kernels import gemm_loss
+
+    for name, value in (("INTERPRET", False), ("CHUNK_BLOCK_ROWS", 2), ("CHUNK_BLOCK_COLS", 1024),
+                        ("MIN_PIECE_COLS", 4096)):
+        monkeypatch.setattr(gemm_loss, name, value)
+    monkeypatch.setattr(gemm_loss, "multiprocessors", lambda device: 132)
+    cuda = torch.device("cuda")
+    for n_rows in (1, 4, 100, 263, 264, 1024, 10**6):
+        for cols in (1, 1000, 4096, 4097, 20000, 10**6):
+            piece_cols, n_pieces = gemm_loss.chunk_pieces(n_rows, cols, cuda)
+            assert piece_cols % 1024 == 0 and 1 <= n_pieces <= 65535
+            assert (n_pieces - 1) * piece_cols < cols <= n_pieces * piece_cols
+            if n_rows >= 528:  # 264 row blocks: 2 programs a multiprocessor already
+                assert n_pieces == 1
+    assert gemm_loss.chunk_pieces(4, 20000, cuda)[1] == 5

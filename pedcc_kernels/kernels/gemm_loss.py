@@ -50,9 +50,10 @@ GRAD_BLOCK_CLASSES = 4 if INTERPRET else 32
 GRAD_BLOCK_ROWS = 8 if INTERPRET else 128
 GRAD_WARPS = 8
 # Few rows (N / CHUNK_BLOCK_ROWS programs short of PROGRAMS_PER_SM a multiprocessor) split each chunk's
-# columns into pieces of at least MIN_PIECE_COLS, one program per row block and piece: a pass for
-# the pieces' maxima, the softmax pass, and a merge of the pieces' row sums (two launches more).
-PROGRAMS_PER_SM = 4
+# columns into pieces of about MIN_PIECE_COLS or more (whole tiles), one program per row block and
+# piece: a pass for the pieces' maxima, the softmax pass, and a merge of the pieces' row sums (two
+# launches more, so not for the batches that nearly fill the GPU: N >= 528 on an H100 is unsplit).
+PROGRAMS_PER_SM = 2
 MIN_PIECE_COLS = 8 if INTERPRET else 4096
 
 
@@ -104,7 +105,7 @@ def chunk_pieces(n_rows: int, chunk_cols: int, device: torch.device) -> Tuple[in
     wanted = 4 if INTERPRET or device.type != "cuda" else PROGRAMS_PER_SM * multiprocessors(device)
     pieces = max(1, min(triton.cdiv(wanted, triton.cdiv(n_rows, CHUNK_BLOCK_ROWS)),
                         triton.cdiv(chunk_cols, MIN_PIECE_COLS)))
-    piece_cols = triton.cdiv(chunk_cols, pieces)
+    piece_cols = triton.cdiv(triton.cdiv(chunk_cols, pieces), CHUNK_BLOCK_COLS) * CHUNK_BLOCK_COLS
     return piece_cols, triton.cdiv(chunk_cols, piece_cols)
 
 
@@ -156,7 +157,7 @@ def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch
         part_args = (parts[0], parts[2], parts[3], parts[4])  # empty and unread unless split
         wrap_triton(chunk_softmax_kernel)[(row_blocks, n_pieces)](
             dots, probs, *row_args, *state, *part_args, n_rows, width, piece_cols, n_pieces, c0, dim, *scalars,
-            NEED_DX=need_dx, FOLD_T=product is not None, SPLIT=split, BLOCK_R=CHUNK_BLOCK_ROWS,
+            NEED_DX=need_dx, FOLD_T=product is not None and not split, SPLIT=split, BLOCK_R=CHUNK_BLOCK_ROWS,
             BLOCK_C=CHUNK_BLOCK_COLS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=CHUNK_WARPS)
         if split:
             wrap_triton(chunk_merge_kernel)[_rowwise_grid(n_rows)](
