@@ -1,9 +1,11 @@
 """Triton kernels of the 'gemm' strategy of the fused PEDCC-Loss: the softmax work on one chunk of
 raw dot products x_i . w_j that a library GEMM (cuBLAS through torch.mm) computed.
 
-The chunk (N x chunk_cols, fp32) is read twice per row block: once for the row maxima, once for the
-exponentials, so every probability written is relative to the final maximum of the chunk and lies in
-[0, 1] (no overflow in fp16, no rescaling of a written tile). Accumulators run across chunks in
+The chunk (N x chunk_cols, fp32) is read twice: once for the row maxima, once for the exponentials,
+so every probability written is relative to the final maximum of the chunk and lies in [0, 1] (no
+overflow in fp16, no rescaling of a written tile). One program per row block does both; with few
+rows the columns are also cut into pieces (chunk_piece_max_kernel, chunk_softmax_kernel with SPLIT,
+chunk_merge_kernel) so that the grid still fills the GPU. Accumulators run across chunks in
 log2 units, as in the sweep kernels (fused_loss_fwd.py); x_norm and w_norm scale the dot products
 here, so the GEMMs run on the raw inputs.
 """
