@@ -384,6 +384,7 @@ def test_gemm_strategy_splits_chunks_for_few_rows(dtype, strategy, monkeypatch):
     piece_cols, n_pieces = gemm_loss.chunk_pieces(shape[0], chunk, x.device)
     assert n_pieces >= 2 and piece_cols >= 2 * gemm_loss.CHUNK_BLOCK_COLS and shape[1] > chunk
     check_against_truth(x, y, w, f"split chunks {dtype}", s=30.0)
+    check_against_truth(x, y, w, f"split chunks, no gradient {dtype}", s=30.0, grad_x=False, grad_w=False)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
