@@ -40,7 +40,9 @@ def pedcc_loss(features, labels, centroids, *, s=15.0, m=0.5, n=1.0, lam=1.0, re
         reduction: 'mean' (over non-ignored rows) | 'sum' | 'none' for the softmax term.
         mse_reduction: 'sum' (the authors' choice) | 'mean' for the MSE term (not used with 'none').
         backend: 'auto' (triton on CUDA unless an input is float64, torch otherwise) | 'triton' |
-            'torch' | 'reference'.
+            'torch' | 'reference'. The triton backend's strategy comes from the environment variable
+            PEDCC_TRITON_LOSS: 'sweep' (default, one fused sweep over the centroids) or 'gemm'
+            (cuBLAS GEMMs over chunks of classes, chunk size PEDCC_GEMM_CHUNK_MIB, default 64).
         check_labels: verify the label range (one host sync); turn off on the hot path.
         chunk_size: classes per chunk of the torch backend (default 4096).
 
