@@ -4,6 +4,8 @@ and against peers, on the same shapes.
     python benchmarks/bench_loss.py              # CPU: N=512, d=512, C in {1000, 10000, 50000}, fp32
     python benchmarks/bench_loss.py --device cuda   # GPU: d=512, N in {1024, 4096}, C in {1e3, 1e4, 1e5}, fp32+bf16
     python benchmarks/bench_loss.py --dry-run    # tiny shapes on the CPU, seconds
+    python benchmarks/bench_loss.py --device cuda --N 128 256 --C 100000 --impls reference triton triton_gemm
+                                                 # small batches (the gemm strategy splits chunks)
 
 Each case times `loss = f(x, y, W); loss.backward()` with x requiring grad (and W too with --with-dw).
 The centroids are random unit vectors: the loss's cost does not depend on how well they are spread.
@@ -55,6 +57,8 @@ def cases_for(args, device):
         dtypes = ["float32"]
     if args.C:
         shapes = [(n, c, d) for n, d in sorted({(n, d) for n, _, d in shapes}) for c in args.C]
+    if args.N:
+        shapes = [(n, c, d) for c, d in sorted({(c, d) for _, c, d in shapes}, reverse=True) for n in args.N]
     grads = ["x", "x+w"] if args.with_dw else ["x"]
     impls = [i for i in IMPLS if not args.impls or i in args.impls]
     cases = [dict(impl=impl, N=n, C=c, d=d, dtype=dtype, grad=grad, device=device, s=SCALE, m=MARGIN,
@@ -248,6 +252,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--C", type=int, nargs="+", help="override the class counts")
+    parser.add_argument("--N", type=int, nargs="+", help="override the batch sizes (rows)")
     parser.add_argument("--impls", nargs="+", choices=IMPLS, help="only these implementations")
     parser.add_argument("--with-dw", action="store_true", help="also measure with dL/dW (fine-tuning)")
     parser.add_argument("--compile", action="store_true", help="include torch.compile of the reference on a CPU")
