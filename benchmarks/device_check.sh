@@ -15,7 +15,7 @@
 #                                                      # implementations in $CENTROID_IMPLS
 #   benchmarks/device_check.sh --loss-only            # a shorter GPU call (~7 min): no extension build
 #                                                      # (the loss needs none), the loss tests, then
-#                                                      # bench_loss with the rest of the budget
+#                                                      # bench_loss, a 16 MiB-chunk run and small batches
 # Environment: PYTHON (default python3), CUDA_HOME (default /usr/local/cuda), DEVICE_CHECK_BUDGET_S
 # (total seconds, default 570 on a GPU, 240 in a dry run, 340 with --centroids-only, 420 with
 # --loss-only), CENTROID_IMPLS
@@ -240,8 +240,9 @@ fi
 if [ "$CENTROIDS_ONLY" = 1 ]; then
     skip_step bench_loss "--centroids-only"
 else
-    # --loss-only keeps 70 s for two more runs of the 'gemm' strategy at C = 100000 with other chunk
-    # budgets (16 and 256 MiB; the default is 64), to see whether the chunk size matters.
+    # --loss-only keeps 85 s for two more runs at C = 100000: the 'gemm' strategy with 16 MiB chunks
+    # (the default is 64), to see whether the chunk size matters, and small batches (N = 128, 512:
+    # the gemm strategy's split path against the sweep).
     CHUNK_RESERVE=15
     [ "$LOSS_ONLY" = 1 ] && CHUNK_RESERVE=85
     LOSS_CAP=$(( $(remaining) - CHUNK_RESERVE ))
@@ -249,11 +250,11 @@ else
     TRITON_PRINT_AUTOTUNING=1 step bench_loss "$LOSS_CAP" "$CHUNK_RESERVE" "$PY" benchmarks/bench_loss.py \
         "${BENCH_ARGS[@]}" --budget-s "$(bench_budget "$LOSS_CAP")"
     if [ "$LOSS_ONLY" = 1 ]; then
-        for mib in 16 256; do
-            [ "$DRY_RUN" = 1 ] && C_ARGS=() || C_ARGS=(--C 100000)
-            step "gemm_chunk_$mib" 35 15 "$PY" benchmarks/bench_loss.py "${BENCH_ARGS[@]}" "${C_ARGS[@]}" \
-                --impls reference triton_gemm --gemm-chunk-mib "$mib" --tag "gemm-chunk-${mib}mib" --budget-s 20
-        done
+        [ "$DRY_RUN" = 1 ] && C_ARGS=() || C_ARGS=(--C 100000)
+        step gemm_chunk_16 35 50 "$PY" benchmarks/bench_loss.py "${BENCH_ARGS[@]}" "${C_ARGS[@]}" \
+            --impls reference triton_gemm --gemm-chunk-mib 16 --tag gemm-chunk-16mib --budget-s 20
+        step small_batches 45 5 "$PY" benchmarks/bench_loss.py "${BENCH_ARGS[@]}" "${C_ARGS[@]}" --N 128 512 \
+            --impls reference triton triton_gemm --tag small-batches --budget-s 28
     fi
 fi
 
