@@ -109,6 +109,35 @@ def chunk_pieces(n_rows: int, chunk_cols: int, device: torch.device) -> Tuple[in
     return piece_cols, triton.cdiv(chunk_cols, piece_cols)
 
 
+def _softmax_over_chunk(dots, probs, row_inputs, state, c0, s, m, need_dx, fold_product):
+    """Launch the Triton work on one chunk's dot products (n_rows, width): probabilities into probs,
+    row sums folded into the running state (run_max, run_sum, target_cos, off_sum, off_pcos, off_o,
+    previous product), split over column pieces when the rows alone leave the GPU short."""
+    n_rows, width = dots.shape
+    dim = state[5].shape[1]
+    f32 = dict(dtype=torch.float32, device=dots.device)
+    piece_cols, n_pieces = chunk_pieces(n_rows, width, dots.device)
+    split = n_pieces > 1
+    row_blocks = triton.cdiv(n_rows, CHUNK_BLOCK_ROWS)
+    scalars = (s * LOG2E, s * m * LOG2E)
+    # per (piece, row): max, target cosine, sum, off-target sum, off-target p cos (separate tensors:
+    # under torch.compile, kernels writing views of one buffer would copy it back each time)
+    parts = [torch.empty(n_pieces if split else 0, n_rows, **f32) for _ in range(5)]
+    if split:
+        wrap_triton(chunk_piece_max_kernel)[(row_blocks, n_pieces)](
+            dots, *row_inputs, parts[0], parts[1], n_rows, width, piece_cols, c0, *scalars,
+            BLOCK_R=CHUNK_BLOCK_ROWS, BLOCK_C=CHUNK_BLOCK_COLS, num_warps=CHUNK_WARPS)
+    part_args = (parts[0], parts[2], parts[3], parts[4])  # empty and unread unless split
+    wrap_triton(chunk_softmax_kernel)[(row_blocks, n_pieces)](
+        dots, probs, *row_inputs, *state, *part_args, n_rows, width, piece_cols, n_pieces, c0, dim, *scalars,
+        NEED_DX=need_dx, FOLD_T=fold_product and not split, SPLIT=split, BLOCK_R=CHUNK_BLOCK_ROWS,
+        BLOCK_C=CHUNK_BLOCK_COLS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=CHUNK_WARPS)
+    if split:
+        wrap_triton(chunk_merge_kernel)[_rowwise_grid(n_rows)](
+            *parts, *state, n_rows, n_pieces, dim, NEED_DX=need_dx, FOLD_T=fold_product,
+            BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
+
+
 @triton_op("pedcc_triton::row_loss_gemm", mutates_args=())
 def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, s: float, m: float,
                   need_dx: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
@@ -136,33 +165,13 @@ def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch
     off_o = torch.zeros(n_rows if need_dx else 0, dim, **f32)
     chunk = chunk_classes(n_rows, n_classes, operand.itemsize)
     product = None
-    row_blocks = triton.cdiv(n_rows, CHUNK_BLOCK_ROWS)
     for c0 in range(0, n_classes, chunk):
         w = centroids[c0:c0 + chunk].to(operand)
-        width = w.shape[0]
-        piece_cols, n_pieces = chunk_pieces(n_rows, width, device)
-        split = n_pieces > 1
-        # per (piece, row): max, target cosine, sum, off-target sum, off-target p cos (separate tensors:
-        # under torch.compile, kernels writing views of one buffer would copy it back each time)
-        parts = [torch.empty(n_pieces if split else 0, n_rows, **f32) for _ in range(5)]
         dots = gemm_fp32_out(x, w.t())
         probs = torch.empty(dots.shape if need_dx else (0, 0), dtype=operand, device=device)
-        row_args = (labels, x_norm, w_norm[c0:])
         state = (run_max, run_sum, target_cos, off_sum, off_pcos, off_o, off_o if product is None else product)
-        scalars = (s * LOG2E, s * m * LOG2E)
-        if split:
-            wrap_triton(chunk_piece_max_kernel)[(row_blocks, n_pieces)](
-                dots, *row_args, parts[0], parts[1], n_rows, width, piece_cols, c0, *scalars,
-                BLOCK_R=CHUNK_BLOCK_ROWS, BLOCK_C=CHUNK_BLOCK_COLS, num_warps=CHUNK_WARPS)
-        part_args = (parts[0], parts[2], parts[3], parts[4])  # empty and unread unless split
-        wrap_triton(chunk_softmax_kernel)[(row_blocks, n_pieces)](
-            dots, probs, *row_args, *state, *part_args, n_rows, width, piece_cols, n_pieces, c0, dim, *scalars,
-            NEED_DX=need_dx, FOLD_T=product is not None and not split, SPLIT=split, BLOCK_R=CHUNK_BLOCK_ROWS,
-            BLOCK_C=CHUNK_BLOCK_COLS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=CHUNK_WARPS)
-        if split:
-            wrap_triton(chunk_merge_kernel)[_rowwise_grid(n_rows)](
-                *parts, *state, n_rows, n_pieces, dim, NEED_DX=need_dx, FOLD_T=product is not None,
-                BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
+        _softmax_over_chunk(dots, probs, (labels, x_norm, w_norm[c0:]), state, c0, s, m, need_dx,
+                            fold_product=product is not None)
         del dots  # the next chunk's buffers reuse the memory: the chunk budget holds in eager mode
         if need_dx:
             product = gemm_fp32_out(probs, w)
