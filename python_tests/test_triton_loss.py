@@ -423,3 +423,12 @@ def test_gemm_chunk_pieces_rule(monkeypatch, strategy):
             if n_rows >= 528:  # 264 row blocks: 2 programs a multiprocessor already
                 assert n_pieces == 1
     assert gemm_loss.chunk_pieces(4, 20000, cuda)[1] == 5
+
+
+def test_unknown_strategy_is_refused(monkeypatch, strategy):
+    if strategy != "sweep":
+        pytest.skip("one run is enough")
+    x, y, w = make_inputs(*OPTION_SHAPE, seed=19)
+    monkeypatch.setenv("PEDCC_TRITON_LOSS", "fused")
+    with pytest.raises(ValueError, match="PEDCC_TRITON_LOSS"):
+        triton_loss(x, y, w)
