@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .fused_loss_config import size_key, sweep_configs
-from .fused_loss_fwd import LOG2E, NORM_EPS
+from .fused_loss_fwd import LOG2E, NORM_EPS, margin_logits
 from .tile_dot import load_rows, sliced_dot_t
 
 
@@ -114,7 +114,7 @@ def _grad_centroids_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, lse_
                                 stride_xd, dim, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
         cos = dots * inv_w_norm[:, None] * inv_x_norm[None, :]
         is_target = cols[:, None] == labels[None, :]
-        z = cos * scale_log2 - tl.where(is_target, margin_log2, 0.0)
+        z = margin_logits(cos, is_target, scale_log2, margin_log2)
         p = tl.exp2(z - lse_log2[None, :])
         g = a_s[None, :] * (p - tl.where(is_target, 1.0, 0.0)) + tl.where(is_target, b[None, :], 0.0)
         # x^ = x / ||x|| enters through g (BLOCK_M x BLOCK_N products), not the x tile (BLOCK_N x d).

@@ -27,6 +27,20 @@ RESCALE_LOG2 = tl.constexpr(8.0)
 
 
 @triton.jit
+def margin_logits(cos, is_target, scale_log2, margin_log2):
+    """z = s (cos - m [j == y_i]) in log2 units (scale_log2 = s log2(e), margin_log2 = s m log2(e))."""
+    return cos * scale_log2 - tl.where(is_target, margin_log2, 0.0)
+
+
+@triton.jit
+def off_target_terms(p, cos, is_target):
+    """The tile p with the targets zeroed, and its row sums of p and p cos: the off-target terms
+    dL/dx needs (sum_{j != y} p_ij w^_j, p_ij, p_ij cos_ij)."""
+    p_off = tl.where(is_target, 0.0, p)
+    return p_off, tl.sum(p_off, axis=1), tl.sum(p_off * cos, axis=1)
+
+
+@triton.jit
 def row_norm_kernel(t_ptr, norm_ptr, n_rows, dim, stride_r, stride_d,
                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """norm_ptr[r] = ||t[r, :]|| in fp32, for a (n_rows, dim) tensor of any float dtype and strides."""
@@ -109,8 +123,7 @@ def _forward_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
         cos = dots * inv_x_norm[:, None] * inv_w_norm[None, :]
         is_target = cols[None, :] == labels[:, None]
         target_cos += tl.sum(tl.where(is_target, cos, 0.0), axis=1)
-        z = cos * scale_log2 - tl.where(is_target, margin_log2, 0.0)
-        z = tl.where(col_ok[None, :], z, float("-inf"))
+        z = tl.where(col_ok[None, :], margin_logits(cos, is_target, scale_log2, margin_log2), float("-inf"))
         tile_max = tl.max(z, axis=1)
         if tl.max(tile_max - run_max) > RESCALE_LOG2:
             new_max = tl.maximum(run_max, tile_max)
@@ -123,9 +136,9 @@ def _forward_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
         p = tl.exp2(z - run_max[:, None])
         run_sum += tl.sum(p, axis=1)
         if NEED_DX:
-            p_off = tl.where(is_target, 0.0, p)
-            off_sum += tl.sum(p_off, axis=1)
-            off_pcos += tl.sum(p_off * cos, axis=1)
+            p_off, tile_off_sum, tile_off_pcos = off_target_terms(p, cos, is_target)
+            off_sum += tile_off_sum
+            off_pcos += tile_off_pcos
             if SAME_TILE:
                 w_out = w
             else:

@@ -12,7 +12,7 @@ here, so the GEMMs run on the raw inputs.
 import triton
 import triton.language as tl
 
-from .fused_loss_fwd import LN2, LOG2E, NORM_EPS
+from .fused_loss_fwd import LN2, LOG2E, NORM_EPS, margin_logits, off_target_terms
 
 
 @triton.jit
@@ -25,8 +25,8 @@ def _chunk_cosines(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm, local_labels,
     inv_w_norm = 1.0 / tl.maximum(tl.load(w_norm_ptr + cols, mask=col_ok, other=1.0), NORM_EPS)
     cos = dots * inv_x_norm[:, None] * inv_w_norm[None, :]
     is_target = cols[None, :] == local_labels[:, None]
-    z = cos * scale_log2 - tl.where(is_target, margin_log2, 0.0)
-    return cos, tl.where(col_ok[None, :], z, float("-inf")), is_target, inv_w_norm, col_ok
+    z = tl.where(col_ok[None, :], margin_logits(cos, is_target, scale_log2, margin_log2), float("-inf"))
+    return cos, z, is_target, inv_w_norm, col_ok
 
 
 @triton.jit
@@ -163,9 +163,9 @@ def chunk_softmax_kernel(dots_ptr, p_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
         p = tl.exp2(z - new_max[:, None])
         chunk_sum += tl.sum(p, axis=1)
         if NEED_DX:
-            p_off = tl.where(is_target, 0.0, p)
-            off_sum += tl.sum(p_off, axis=1)
-            off_pcos += tl.sum(p_off * cos, axis=1)
+            p_off, tile_off_sum, tile_off_pcos = off_target_terms(p, cos, is_target)
+            off_sum += tile_off_sum
+            off_pcos += tile_off_pcos
             tl.store(p_ptr + rows[:, None] * chunk_cols + cols[None, :],
                      (p_off * inv_w_norm[None, :]).to(p_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & col_ok[None, :])
@@ -266,6 +266,6 @@ def chunk_grad_logits_kernel(dots_t_ptr, g_t_ptr, labels_ptr, x_norm_ptr, w_norm
     ok = col_ok[:, None] & row_ok[None, :]
     cos = tl.load(dots_t_ptr + at, mask=ok, other=0.0) * inv_w_norm[:, None] * inv_x_norm[None, :]
     is_target = cols[:, None] == local_labels[None, :]
-    p = tl.exp2(cos * scale_log2 - tl.where(is_target, margin_log2, 0.0) - lse_log2[None, :])
+    p = tl.exp2(margin_logits(cos, is_target, scale_log2, margin_log2) - lse_log2[None, :])
     g = a_s[None, :] * (p - tl.where(is_target, 1.0, 0.0)) + tl.where(is_target, b[None, :], 0.0)
     tl.store(g_t_ptr + at, (g * inv_x_norm[None, :]).to(g_t_ptr.dtype.element_ty), mask=ok)
