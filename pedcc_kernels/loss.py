@@ -41,8 +41,10 @@ def pedcc_loss(features, labels, centroids, *, s=15.0, m=0.5, n=1.0, lam=1.0, re
         mse_reduction: 'sum' (the authors' choice) | 'mean' for the MSE term (not used with 'none').
         backend: 'auto' (triton on CUDA unless an input is float64, torch otherwise) | 'triton' |
             'torch' | 'reference'. The triton backend's strategy comes from the environment variable
-            PEDCC_TRITON_LOSS: 'sweep' (default, one fused sweep over the centroids) or 'gemm'
-            (cuBLAS GEMMs over chunks of classes, chunk size PEDCC_GEMM_CHUNK_MIB, default 64).
+            PEDCC_TRITON_LOSS: 'sweep' (default, one fused sweep over the centroids), 'gemm'
+            (cuBLAS GEMMs over chunks of classes, chunk size PEDCC_GEMM_CHUNK_MIB, default 64) or
+            'epilogue' (per chunk a Triton GEMM with the softmax in its epilogue, then cuBLAS;
+            'gemm' for fp16 operands or a logit range s (2 + |m|) too wide for its fixed reference).
         check_labels: verify the label range (one host sync); turn off on the hot path.
         chunk_size: classes per chunk of the torch backend (default 4096).
 

@@ -152,7 +152,7 @@ def test_triton_ops_trace_into_their_kernels(strategy):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env["PEDCC_TRITON_LOSS"] = strategy
-    env["PEDCC_GEMM_CHUNK_MIB"] = "1e-6"  # 'gemm': chunks of 256 classes, so 600 classes take 3
+    env["PEDCC_GEMM_CHUNK_MIB"] = "1e-6"  # 'gemm', 'epilogue': chunks of 256 classes, so 600 take 3
     done = subprocess.run([sys.executable, "-c", TRACE_SCRIPT], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -160,12 +160,17 @@ def test_triton_ops_trace_into_their_kernels(strategy):
     # sweep: forward = two row-norm kernels, the class sweep, the merge; backward = dL/dx, dL/dW sweep
     # and finish. gemm (3 chunks): forward = two row norms, a softmax kernel per chunk between the
     # GEMMs x W^T and P W, the finish; backward = dL/dx, then per chunk the logit gradients and the
-    # dL/dW finish, between the GEMMs W x^T and G^T x.
-    chunks = 3 if strategy == "gemm" else 0
-    assert report["forward"]["kernels"] == (3 + chunks if chunks else 4), report
+    # dL/dW finish, between the GEMMs W x^T and G^T x. epilogue (3 chunks): forward = two row norms, the
+    # target reference, per chunk the epilogue GEMM and the fold of its tiles' sums before the GEMM P W,
+    # the finish; backward as gemm's.
+    chunks = 0 if strategy == "sweep" else 3
+    forward_kernels = {"sweep": 4, "gemm": 3 + chunks, "epilogue": 4 + 2 * chunks}[strategy]
+    assert report["forward"]["kernels"] == forward_kernels, report
     assert report["backward"]["kernels"] == (1 + 2 * chunks if chunks else 3), report
     # (the model's Linear adds an addmm to the forward and one mm, its weight gradient, to the backward)
-    assert report["forward"]["matmuls"] == 2 * chunks and report["backward"]["matmuls"] == 2 * chunks + 1, report
+    forward_matmuls = {"sweep": 0, "gemm": 2 * chunks, "epilogue": chunks}[strategy]
+    assert report["forward"]["matmuls"] == forward_matmuls, report
+    assert report["backward"]["matmuls"] == 2 * chunks + 1, report
     # Each chunk writes its rows of the whole dL/dW: a write into a view of it would become a copy of
     # the rest of the gradient per chunk (slice_scatter) once functionalised.
     assert report["forward"]["scatters"] == report["backward"]["scatters"] == 0, report

@@ -1,7 +1,8 @@
 """The fused Triton loss (backend='triton') against the float64 reference: values, dL/dx and dL/dW.
 
-Every test runs for both strategies of the backend (PEDCC_TRITON_LOSS: 'sweep', the fused sweep
-kernels, and 'gemm', library GEMMs over chunks of classes with Triton softmax kernels). The same
+Every test runs for each strategy of the backend (PEDCC_TRITON_LOSS: 'sweep', the fused sweep
+kernels; 'gemm', library GEMMs over chunks of classes with Triton softmax kernels; 'epilogue', a
+Triton GEMM with the softmax in its epilogue, then a library GEMM, per chunk). The same
 file runs on CPU under TRITON_INTERPRET=1 (tiny shapes, set by conftest) and on a GPU without the
 interpreter (larger shapes). Rule of DESIGN §6: |fast - truth| <= |reference in the same
 dtype - truth| + tol, with truth the reference in float64 on the same (rounded) inputs.
@@ -327,11 +328,12 @@ def test_one_slice_with_a_k_loop(dtype, monkeypatch, strategy):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gemm_strategy_over_many_chunks(dtype, monkeypatch, strategy):
-    """On a GPU the test shapes fit one chunk of the 'gemm' strategy; chunks of 256 classes here make
-    2500 classes take 10 (a partial last one), so the online softmax across chunks and the folding of
-    each chunk's P W product are exercised (under the interpreter chunks have 16 classes anyway)."""
-    if strategy != "gemm":
-        pytest.skip("gemm strategy only")
+    """On a GPU the test shapes fit one chunk of the 'gemm' and 'epilogue' strategies; chunks of 256
+    classes here make 2500 classes take 10 (a partial last one), so the sums across chunks and the
+    folding of each chunk's P W product are exercised (under the interpreter chunks have 16 classes
+    anyway)."""
+    if strategy == "sweep":
+        pytest.skip("chunked strategies only")
     from pedcc_kernels.kernels import gemm_loss
 
     monkeypatch.setenv("PEDCC_GEMM_CHUNK_MIB", "1e-6")  # the smallest chunk: CHUNK_ALIGN classes
@@ -423,6 +425,65 @@ def test_gemm_chunk_pieces_rule(monkeypatch, strategy):
             if n_rows >= 528:  # 264 row blocks: 2 programs a multiprocessor already
                 assert n_pieces == 1
     assert gemm_loss.chunk_pieces(4, 20000, cuda)[1] == 5
+
+
+def test_epilogue_strategy_falls_back_where_its_reference_is_unsafe(strategy):
+    """The 'epilogue' op runs for bf16/fp32 operands at ordinary (s, m); fp16 operands (which cannot
+    hold its terms) and logit ranges too wide for fp32 take the 'gemm' op."""
+    if strategy != "epilogue":
+        pytest.skip("epilogue strategy only")
+    from pedcc_kernels.kernels import epilogue_loss, gemm_loss
+    from pedcc_kernels.kernels.fused_loss import _row_loss_op
+
+    epilogue, gemm = epilogue_loss.row_loss_epilogue, gemm_loss.row_loss_gemm
+    for operand in (torch.bfloat16, torch.float32):
+        assert _row_loss_op("epilogue", 15.0, 0.5, 10**6, operand) is epilogue
+        assert _row_loss_op("epilogue", 30.0, 0.0, 10**5, operand) is epilogue
+        assert _row_loss_op("epilogue", 1.0, -0.2, 37, operand) is epilogue
+        assert _row_loss_op("epilogue", 64.0, 0.35, 10**5, operand) is gemm
+    assert _row_loss_op("epilogue", 15.0, 0.5, 1000, torch.float16) is gemm
+    assert _row_loss_op("gemm", 15.0, 0.5, 1000, torch.bfloat16) is gemm
+    # More classes leave less room below the largest term: the widest safe s shrinks with C.
+    widest = [widest_safe_scale(0.5, c) for c in (37, 3000, 10**6)]
+    assert widest[0] > widest[1] > widest[2] > 40
+
+
+def widest_safe_scale(m, n_classes):
+    """The largest s (to 0.1) at which the 'epilogue' op takes bf16 operands, for m >= 0."""
+    from pedcc_kernels.kernels.epilogue_loss import reference_is_safe
+
+    s = 0.1
+    while reference_is_safe(s + 0.1, m, n_classes, torch.bfloat16):
+        s += 0.1
+    return s
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_epilogue_rows_far_below_the_largest_logit(dtype, strategy):
+    """At the widest (s, m) the 'epilogue' op still takes: rows whose every cosine is near -1 (their
+    target logit sits so far below s that the fixed reference is raised above it, and all their terms
+    are tiny) beside confident rows (target cosine near 1). The row sums must neither underflow nor
+    overflow."""
+    if strategy != "epilogue":
+        pytest.skip("epilogue strategy only")
+    from pedcc_kernels.kernels.epilogue_loss import HEADROOM_LOG2, reference_is_safe
+    from pedcc_kernels.kernels.fused_loss import LOG2E
+
+    n_rows, n_classes, dim = (64, 3000, 64) if ON_GPU else (6, 37, 20)
+    m = 0.5
+    s = widest_safe_scale(m, n_classes)
+    assert reference_is_safe(s, m, n_classes, dtype) and not reference_is_safe(s + 0.2, m, n_classes, dtype)
+    gen = torch.Generator().manual_seed(20)
+    u = torch.nn.functional.normalize(torch.randn(dim, dtype=torch.float64, generator=gen), dim=0)
+    w = u + 0.1 * torch.randn(n_classes, dim, dtype=torch.float64, generator=gen)
+    y = torch.randint(0, n_classes, (n_rows,), generator=gen)
+    x = -u + 0.05 * torch.randn(n_rows, dim, dtype=torch.float64, generator=gen)
+    confident = torch.arange(n_rows) % 2 == 1
+    x[confident] = w[y[confident]]
+    target_cos = torch.nn.functional.cosine_similarity(x, w[y], dim=1)
+    raised = s * (target_cos - m) * LOG2E < s * LOG2E - HEADROOM_LOG2
+    assert raised[~confident].all() and not raised[confident].any()
+    check_against_truth(x.to(DEVICE, dtype), y.to(DEVICE), w.to(DEVICE, dtype), f"far rows {dtype}", s=s, m=m)
 
 
 def test_unknown_strategy_is_refused(monkeypatch, strategy):

@@ -40,10 +40,11 @@ def _row_norms(t: torch.Tensor) -> torch.Tensor:
     return norms
 
 
-def _tile_addressable(t: torch.Tensor) -> torch.Tensor:
-    """The sweeps address a tile with int32 offsets from an int64 base; a layout whose in-tile offsets
-    could pass 2^31 (a transposed view of millions of rows, say) is copied to a contiguous one."""
-    reach = MAX_TILE_ROWS * t.stride(0) + padded_dim(t.shape[1]) * t.stride(1)
+def _tile_addressable(t: torch.Tensor, tile_rows: int = MAX_TILE_ROWS) -> torch.Tensor:
+    """The sweeps address a tile of up to tile_rows rows with int32 offsets from an int64 base; a layout
+    whose in-tile offsets could pass 2^31 (a transposed view of millions of rows, say) is copied to a
+    contiguous one."""
+    reach = tile_rows * t.stride(0) + padded_dim(t.shape[1]) * t.stride(1)
     return t if reach < 2**31 else t.contiguous()
 
 
@@ -190,6 +191,21 @@ row_loss.register_autograd(backward_with("pedcc_triton::row_loss", row_loss_grad
                            setup_context=save_for_backward)
 
 
+def _row_loss_op(strategy, s, m, n_classes, operand):
+    """The custom op of a strategy; 'epilogue' falls back to 'gemm' where its fixed reference could
+    lose precision (fp16 operands, a very wide logit range)."""
+    if strategy == "sweep":
+        return row_loss
+    if strategy == "epilogue":
+        from .epilogue_loss import reference_is_safe, row_loss_epilogue
+
+        if reference_is_safe(float(s), float(m), n_classes, operand):
+            return row_loss_epilogue
+    from .gemm_loss import row_loss_gemm
+
+    return row_loss_gemm
+
+
 def pedcc_loss_triton(features, labels, centroids, *, s, m, n, lam, reduction, mse_reduction, ignore_index):
     """PEDCC-Loss with the fused Triton kernels (no argument checks: call pedcc_loss for those).
 
@@ -205,10 +221,7 @@ def pedcc_loss_triton(features, labels, centroids, *, s, m, n, lam, reduction, m
     valid = labels != ignore_index
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
     need_dx = features.requires_grad and torch.is_grad_enabled()
-    if loss_strategy() == "gemm":
-        from .gemm_loss import row_loss_gemm as op
-    else:
-        op = row_loss
+    op = _row_loss_op(loss_strategy(), s, m, centroids.shape[0], torch.promote_types(features.dtype, centroids.dtype))
     row_am, target_cos, *_ = op(features, centroids, safe_labels, float(s), float(m), need_dx)
     out_dtype = loss_dtype(torch.promote_types(features.dtype, centroids.dtype))
     return combine_rows(row_am.to(out_dtype), target_cos.to(out_dtype), valid, lam=lam, n=n,

@@ -37,9 +37,11 @@ PIECE_ALIGN = 16 if INTERPRET else 256
 MIN_PIECE = 16 if INTERPRET else 1024
 NOMINAL_BLOCK = 16 if INTERPRET else 64
 # How the Triton backend computes the loss: 'sweep' (one fused Triton sweep over the centroids, the
-# default: the strategy measured on a GPU) or 'gemm' (library GEMMs over chunks of classes with the
-# softmax in Triton, gemm_loss.py). Read at each call, so a benchmark can compare both.
-LOSS_STRATEGIES = ("sweep", "gemm")
+# default: the strategy measured on a GPU), 'gemm' (library GEMMs over chunks of classes with the
+# softmax in Triton, gemm_loss.py) or 'epilogue' (a Triton GEMM with the softmax in its epilogue,
+# then a library GEMM, epilogue_loss.py; 'gemm' where its fixed reference is unsafe). Read at each
+# call, so a benchmark can compare them.
+LOSS_STRATEGIES = ("sweep", "gemm", "epilogue")
 
 
 def loss_strategy() -> str:

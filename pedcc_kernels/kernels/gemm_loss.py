@@ -71,12 +71,13 @@ def chunk_bytes() -> int:
     return int(mib * 2**20)
 
 
-def chunk_classes(n_rows: int, n_classes: int, operand_bytes: int) -> int:
+def chunk_classes(n_rows: int, n_classes: int, operand_bytes: int, dot_bytes: int = 4) -> int:
     """Classes per chunk: as many as fit chunk_bytes() at this batch size, in multiples of CHUNK_ALIGN
-    (at least one multiple)."""
+    (at least one multiple), for a chunk that costs dot_bytes (the fp32 dot products; 0 where they
+    stay in registers) plus operand_bytes (the probabilities) per row and class."""
     if INTERPRET:
         return min(INTERPRET_CHUNK, n_classes)
-    per_class = max(1, n_rows) * (4 + operand_bytes)
+    per_class = max(1, n_rows) * (dot_bytes + operand_bytes)
     return min(n_classes, max(CHUNK_ALIGN, chunk_bytes() // per_class // CHUNK_ALIGN * CHUNK_ALIGN))
 
 

@@ -1,0 +1,177 @@
+"""The 'epilogue' strategy of the Triton PEDCC-Loss: per chunk of classes, a Triton GEMM x W_k^T whose
+epilogue turns the dot products into probabilities in registers, then a library GEMM P_k W_k (custom
+op "pedcc_triton::row_loss_epilogue").
+
+Why a third strategy: the 'gemm' strategy (gemm_loss.py) moves each logit through memory four times
+(the fp32 dot product written by cuBLAS and read back by the softmax kernel, the probability written
+and read by the second GEMM: 12 bytes a logit in bf16), which at N = 4096, C = 100000 is about 5 GB,
+some 1.5 ms of an H100's bandwidth. Here the dot products stay in registers: 4 bytes a logit in bf16
+(P written and read once). A row max cannot be known inside one tile, so each row gets a fixed
+reference before the sweep (epilogue_loss_kernels.py); where that is not safe for every input
+(fp16 operands, or a logit range s (2 + |m|) too wide for fp32, e.g. s = 64 with m = 0.35), the
+'gemm' strategy runs instead (reference_is_safe). Forward + dL/dx is 4 N C d FLOP; dL/dW is the
+'gemm' strategy's. Memory: one chunk of N x chunk probabilities (CHUNK_BYTES, as 'gemm') and the
+tiles' row sums, plus O(N d); never N x C.
+
+The op returns exactly what pedcc_triton::row_loss returns, so dL/dx reuses its O(N d) kernel.
+Unmeasured on a GPU so far: benchmarks/bench_loss.py times it as 'triton_epilogue'.
+"""
+import functools
+import math
+from typing import Tuple
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+
+from .fused_loss import (LOG2E, _row_norms, _rowwise_grid, _tile_addressable, _upcast, backward_with,
+                         save_for_backward)
+from .fused_loss_config import (AUTOTUNE, INTERPRET, ROWWISE_BLOCK_D, ROWWISE_BLOCK_ROWS, ROWWISE_WARPS,
+                                dot_precision, fp32_operands, size_key)
+from .epilogue_loss_kernels import fold_tiles_kernel, logits_epilogue_kernel, target_reference_kernel
+from .gemm_loss import chunk_classes, gemm_fp32_out, row_loss_gemm_grad_centroids
+from .gemm_loss_kernels import chunk_finish_kernel
+
+# Largest term 2^HEADROOM_LOG2 relative to the reference: C terms of it stay below fp32's 2^128 for
+# C < 2^27, and bf16 (fp32's exponent range) holds each.
+HEADROOM_LOG2 = 100.0
+# Relative error allowed from terms flushed to zero below fp32's 2^-126 (ptxas flushes exp2.approx's
+# subnormals), against the row's largest term: 2^-30.
+FLUSH_LOG2 = 126.0 - 30.0
+
+
+def logit_range(s: float, m: float) -> Tuple[float, float]:
+    """(lowest, highest) logit there can be: s cos off the target, s (cos - m) on it, cos in [-1, 1]."""
+    return min(-s, -s - s * m), max(s, s - s * m)
+
+
+def reference_is_safe(s: float, m: float, n_classes: int, operand: torch.dtype) -> bool:
+    """Whether the fixed reference keeps every row's sum exact to fp32 rounding for any inputs.
+
+    With R_i = max(z_iy, z_max - HEADROOM) every term is at most 2^HEADROOM, and the largest term of a
+    row is at least 2^(HEADROOM - span), span = (z_max - z_min) log2(e): the target's own term when
+    R_i was raised. Terms below 2^-126 flush to zero, C of them at most, which must stay 2^-30 under
+    that largest term. Half operands: bf16 holds 2^HEADROOM, fp16 (max 65504) does not."""
+    if operand not in (torch.bfloat16, torch.float32):
+        return False
+    low, high = logit_range(s, m)
+    log2_classes = math.log2(max(2, n_classes))
+    if log2_classes + HEADROOM_LOG2 >= 127.0:
+        return False
+    return (high - low) * LOG2E <= HEADROOM_LOG2 + FLUSH_LOG2 - log2_classes
+
+
+# Autotune candidates (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Half precision: the usual Hopper GEMM
+# tiles (a warp group's wgmma covers 64 rows); the epilogue adds an exp2 a logit and two row sums beside
+# the fp32 accumulator. ptxas (sm_90a, bf16, NEED_DX): no spills but 8 bytes at 128 x 256; registers
+# 212 (128 x 128, 8 warps: one program an SM), 139 / 157 (64 x 128 / 128 x 64, 4 warps: two an SM by
+# shared memory), 107 (64 x 64). fp32 operands (3xTF32 at torch's 'highest') take three tensor-core
+# passes and twice the shared memory a K chunk, so K chunks of 32 (126-184 registers, no spills).
+# Unmeasured: the autotuner decides on the GPU (the first candidate alone with PEDCC_TRITON_AUTOTUNE=0).
+HALF_CANDIDATES = [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 64, 4, 4),
+                   (128, 256, 64, 8, 3)]
+FP32_CANDIDATES = [(64, 64, 32, 4, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3)]
+# Under the interpreter, tiles of 8 x 8 with K chunks of 16: the tiny test shapes (chunks of 16
+# classes, gemm_loss.INTERPRET_CHUNK) cover several tiles, partial ones and a K loop.
+INTERPRET_CANDIDATE = (8, 8, 16, 4, 1)
+
+
+def candidates(fp32: bool) -> list:
+    """The epilogue GEMM's (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for this operand width."""
+    if INTERPRET:
+        return [INTERPRET_CANDIDATE]
+    chosen = FP32_CANDIDATES if fp32 else HALF_CANDIDATES
+    return chosen if AUTOTUNE else chosen[:1]
+
+
+# The narrowest BLOCK_N of any candidate sizes the tiles' row-sum buffers; the widest tile bounds the
+# int32 offsets inside a tile (x and W rows, P rows of a chunk).
+MIN_BLOCK_N = min(c[1] for c in candidates(False) + candidates(True))
+MAX_TILE_ROWS = max(max(c[0], c[1]) for c in candidates(False) + candidates(True))
+MAX_CHUNK = 2**31 // MAX_TILE_ROWS
+
+
+@functools.lru_cache(maxsize=None)
+def epilogue_kernel(fp32: bool):
+    """The epilogue GEMM autotuned over the candidates for this operand width."""
+    return logits_epilogue_kernel([
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+        for bm, bn, bk, warps, stages in candidates(fp32)])
+
+
+@triton_op("pedcc_triton::row_loss_epilogue", mutates_args=())
+def row_loss_epilogue(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, s: float, m: float,
+                      need_dx: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """pedcc_triton::row_loss computed by epilogue GEMMs over chunks of classes (same inputs, same
+    outputs: row_am, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass, fp32).
+
+    features (N, d) and centroids (C, d) bf16/fp32 (promoted together: fp32 if either is), any
+    strides; labels (N,) int64 in [0, C). Call only where reference_is_safe(s, m, C, promoted dtype).
+    """
+    features, centroids = _tile_addressable(features, MAX_TILE_ROWS), _tile_addressable(centroids, MAX_TILE_ROWS)
+    n_rows, dim = features.shape
+    n_classes = centroids.shape[0]
+    device = features.device
+    f32 = dict(dtype=torch.float32, device=device)
+    operand = torch.promote_types(features.dtype, centroids.dtype)
+    x_norm = _row_norms(features)
+    w_norm = _row_norms(centroids)
+
+    target_cos = torch.empty(n_rows, **f32)
+    ref = torch.empty(n_rows, **f32)
+    run_sum = torch.empty(n_rows, **f32)
+    low, high = logit_range(s, m)
+    wrap_triton(target_reference_kernel)[_rowwise_grid(n_rows)](
+        features, centroids, labels, x_norm, w_norm, target_cos, ref, run_sum, n_rows, n_classes, dim,
+        features.stride(0), features.stride(1), centroids.stride(0), centroids.stride(1),
+        s * LOG2E, s * m * LOG2E, high * LOG2E - HEADROOM_LOG2,
+        BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
+
+    off_sum = torch.zeros(n_rows if need_dx else 0, **f32)
+    off_pcos = torch.zeros(n_rows if need_dx else 0, **f32)
+    off_o = torch.zeros(n_rows if need_dx else 0, dim, **f32)
+    kernel = epilogue_kernel(fp32_operands(features.dtype, centroids.dtype))
+    upcast, precision = _upcast(features, centroids), dot_precision(features.dtype, centroids.dtype)
+    # The probabilities are the only per-logit buffer: a chunk of them fills the budget 'gemm' splits
+    # between them and its fp32 dot products.
+    chunk = min(chunk_classes(n_rows, n_classes, operand.itemsize, dot_bytes=0), MAX_CHUNK)
+    product = None
+    for c0 in range(0, n_classes, chunk):
+        w = centroids[c0:c0 + chunk]
+        width = w.shape[0]
+        probs = torch.empty((n_rows, width) if need_dx else (0, 0), dtype=operand, device=device)
+
+        def grid(meta):
+            return (triton.cdiv(n_rows, meta["BLOCK_M"]), triton.cdiv(width, meta["BLOCK_N"]))
+
+        # One row-sum slot per tile column of the narrowest candidate (the autotuner's choice is not
+        # known here); slots past the chosen tiles' stay 0 for the fold.
+        max_tiles = triton.cdiv(width, MIN_BLOCK_N)
+        part_sum = torch.zeros(max_tiles, n_rows, **f32)
+        part_pcos = torch.zeros(max_tiles if need_dx else 0, n_rows, **f32)
+        wrap_triton(kernel)[grid](
+            features, w, labels, x_norm, w_norm[c0:], ref, probs, part_sum, part_pcos, n_rows, width, c0, dim,
+            features.stride(0), features.stride(1), w.stride(0), w.stride(1), s * LOG2E, size_key(n_rows),
+            NEED_DX=need_dx, UPCAST=upcast, PRECISION=precision)
+        wrap_triton(fold_tiles_kernel)[_rowwise_grid(n_rows)](
+            part_sum, part_pcos, max_tiles, run_sum, off_sum, off_pcos, off_o,
+            off_o if product is None else product, n_rows, dim, NEED_DX=need_dx, FOLD_T=product is not None,
+            BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
+        if need_dx:
+            product = gemm_fp32_out(probs, w.to(operand))
+        del probs  # the next chunk's buffer reuses the memory: the chunk budget holds in eager mode
+
+    row_am = torch.empty(n_rows, **f32)
+    lse = torch.empty(n_rows, **f32)
+    off_mass = torch.empty(n_rows if need_dx else 0, **f32)
+    # The 'gemm' finish with the reference as the (never rescaled) running max.
+    wrap_triton(chunk_finish_kernel)[_rowwise_grid(n_rows)](
+        ref, run_sum, target_cos, off_sum, off_pcos, off_o, off_o if product is None else product,
+        row_am, lse, off_mass, n_rows, dim, s, s * m,
+        NEED_DX=need_dx, BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
+    return row_am, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass
+
+
+row_loss_epilogue.register_autograd(
+    backward_with("pedcc_triton::row_loss_epilogue", row_loss_gemm_grad_centroids), setup_context=save_for_backward)

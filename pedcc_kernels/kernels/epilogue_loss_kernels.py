@@ -1,0 +1,137 @@
+"""Triton kernels of the 'epilogue' strategy of the fused PEDCC-Loss: the cosine GEMM of a chunk of
+classes with the softmax in its epilogue, so the fp32 dot products never reach memory.
+
+What makes a one-pass epilogue possible is a reference fixed per row before the sweep: R_i = the
+target logit z_{i,y_i} (log2 units, from an O(N d) kernel), raised to z_max - HEADROOM_LOG2 when the
+target logit is far below the largest logit there can be (z_max = s log2(e) max(1, 1 - m)). Every
+term 2^(z_ij - R_i) is then at most 2^HEADROOM, with no running max and no rescaling; the row sum
+holds the target's own term, 1 unless R_i was raised. The caller (epilogue_loss.py) takes this path
+only when the logit range s (2 + |m|) log2(e) leaves the sum clear of fp32's underflow in every case
+(reference_is_safe), and for bf16/fp32 operands only (the probabilities are written in the operand
+dtype, and fp16 cannot hold 2^HEADROOM).
+"""
+import triton
+import triton.language as tl
+
+from .fused_loss_fwd import NORM_EPS, off_target_terms
+from .tile_dot import sliced_dot_t
+
+
+@triton.jit
+def target_reference_kernel(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, tcos_ptr, ref_ptr, run_sum_ptr,
+                            n_rows, n_classes, dim, stride_xr, stride_xd, stride_wc, stride_wd,
+                            scale_log2, margin_log2, floor_log2, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Per row: the target cosine cos_{i,y_i} (fp32 dot of the raw rows, any dtypes and strides), the
+    reference R_i = max(z_{i,y_i}, floor_log2) and the row sum's first term, the target's
+    2^(z_{i,y_i} - R_i). Labels outside [0, C) (possible with check_labels=False) read no memory."""
+    # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
+    scale_log2 = tl.cast(scale_log2, tl.float32)
+    margin_log2 = tl.cast(margin_log2, tl.float32)
+    floor_log2 = tl.cast(floor_log2, tl.float32)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
+    labels = tl.load(labels_ptr + rows, mask=row_ok, other=0)
+    label_ok = row_ok & (labels >= 0) & (labels < n_classes)
+    dot = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for d0 in range(0, dim, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (ds[None, :] < dim)
+        x = tl.load(x_ptr + rows[:, None] * stride_xr + ds[None, :] * stride_xd, mask=ok, other=0.0)
+        w = tl.load(w_ptr + labels[:, None] * stride_wc + ds[None, :] * stride_wd, mask=ok & label_ok[:, None],
+                    other=0.0)
+        dot += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=1)
+    x_norm = tl.maximum(tl.load(x_norm_ptr + rows, mask=row_ok, other=1.0), NORM_EPS)
+    w_norm = tl.maximum(tl.load(w_norm_ptr + labels, mask=label_ok, other=1.0), NORM_EPS)
+    cos = dot / x_norm / w_norm
+    z_target = cos * scale_log2 - margin_log2
+    ref = tl.maximum(z_target, floor_log2)  # a NaN z_target gives floor_log2; the NaN cosines carry on
+    tl.store(tcos_ptr + rows, cos, mask=row_ok)
+    tl.store(ref_ptr + rows, ref, mask=row_ok)
+    tl.store(run_sum_ptr + rows, tl.exp2(z_target - ref), mask=row_ok)
+
+
+# n_rows and c0 only bound masks and shift labels: not specialised (one compiled variant for all batch
+# sizes and chunks); dim and the strides are, since their divisibility decides vectorised loads.
+@triton.jit(do_not_specialize=["n_rows", "chunk_cols", "c0", "rows_key"])
+def _logits_epilogue(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, ref_ptr, p_ptr, part_sum_ptr,
+                     part_pcos_ptr, n_rows, chunk_cols, c0, dim, stride_xr, stride_xd, stride_wc, stride_wd,
+                     scale_log2, rows_key, NEED_DX: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One BLOCK_M x BLOCK_N tile of a chunk of classes [c0, c0 + chunk_cols): the dot products x_i . w_j
+    (K loop over d, fp32 accumulation), then in registers cos_ij, p_ij = 2^(s log2(e) cos_ij - R_i)
+    for j != y_i (the target is 0 here: its term is in the row sum already) and, per row of the tile,
+    sum_j p_ij (and sum_j p_ij cos_ij when NEED_DX) into part_*[tile column, row]. When NEED_DX, also
+    P[i, j] = p_ij / ||w_j|| in p_ptr's dtype ((n_rows, chunk_cols), contiguous) for the caller's
+    GEMM P W_chunk. w_ptr points at the chunk's first centroid, w_norm_ptr at its norm.
+    rows_key only keys the autotuner."""
+    # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
+    scale_log2 = tl.cast(scale_log2, tl.float32)
+    # Offsets inside a tile are int32 (the caller keeps a tile's rows of x, W and P within 2^31
+    # elements); only the tiles' base offsets are int64. Tiles of int64 pointers take registers the
+    # accumulator needs (ptxas, sm_90a, 128 x 128 at 8 warps: 222 registers with them, 212 without).
+    tile_col = tl.program_id(1)
+    row0 = tl.program_id(0) * BLOCK_M
+    col0 = tile_col * BLOCK_N
+    m_local = tl.arange(0, BLOCK_M)
+    n_local = tl.arange(0, BLOCK_N)
+    rows = row0 + m_local
+    row_ok = rows < n_rows
+    col_ok = col0 + n_local < chunk_cols
+    x_base = x_ptr + row0.to(tl.int64) * stride_xr
+    w_base = w_ptr + col0.to(tl.int64) * stride_wc
+    dots = sliced_dot_t(x_base, m_local, row_ok, stride_xr, stride_xd, w_base, n_local, col_ok, stride_wc,
+                        stride_wd, dim, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+    inv_x_norm = 1.0 / tl.maximum(tl.load(x_norm_ptr + rows, mask=row_ok, other=1.0), NORM_EPS)
+    inv_w_norm = 1.0 / tl.maximum(tl.load(w_norm_ptr + col0 + n_local, mask=col_ok, other=1.0), NORM_EPS)
+    cos = dots * inv_x_norm[:, None] * inv_w_norm[None, :]
+    # Labels of another chunk (or ignored rows, mapped to 0) fall outside [0, BLOCK_N): no target here.
+    local_labels = (tl.load(labels_ptr + rows, mask=row_ok, other=-1) - c0 - col0).to(tl.int32)
+    is_target = n_local[None, :] == local_labels[:, None]
+    ref = tl.load(ref_ptr + rows, mask=row_ok, other=0.0)
+    # Columns past the chunk hold cos = 0, whose term 2^-R_i is not small: masked before the sums.
+    p = tl.where(col_ok[None, :], tl.exp2(cos * scale_log2 - ref[:, None]), 0.0)
+    p_off, tile_sum, tile_pcos = off_target_terms(p, cos, is_target)
+    at = tile_col.to(tl.int64) * n_rows + rows
+    tl.store(part_sum_ptr + at, tile_sum, mask=row_ok)
+    if NEED_DX:
+        tl.store(part_pcos_ptr + at, tile_pcos, mask=row_ok)
+        p_base = p_ptr + row0.to(tl.int64) * chunk_cols + col0
+        tl.store(p_base + m_local[:, None] * chunk_cols + n_local[None, :],
+                 (p_off * inv_w_norm[None, :]).to(p_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def logits_epilogue_kernel(configs):
+    """The epilogue GEMM, autotuned over `configs` (BLOCK_M, BLOCK_N, BLOCK_K; Triton adds the
+    tensors' dtypes to the key)."""
+    return triton.autotune(configs=configs, key=["dim", "rows_key", "NEED_DX"])(_logits_epilogue)
+
+
+@triton.jit
+def fold_tiles_kernel(part_sum_ptr, part_pcos_ptr, n_tiles, run_sum_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr,
+                      n_rows, dim, NEED_DX: tl.constexpr, FOLD_T: tl.constexpr, BLOCK_R: tl.constexpr,
+                      BLOCK_D: tl.constexpr):
+    """After a chunk's epilogue GEMM: its tiles' row sums, added in tile order (deterministic), go into
+    the running sums (run_sum, and off_sum, off_pcos when NEED_DX: every term the epilogue sums is
+    off-target); O gets the previous chunk's product t = P W (FOLD_T). No rescaling: the reference
+    is fixed."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
+    chunk_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
+    chunk_pcos = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for k in range(0, n_tiles):
+        at = k * n_rows + rows
+        chunk_sum += tl.load(part_sum_ptr + at, mask=row_ok, other=0.0)
+        if NEED_DX:
+            chunk_pcos += tl.load(part_pcos_ptr + at, mask=row_ok, other=0.0)
+    tl.store(run_sum_ptr + rows, tl.load(run_sum_ptr + rows, mask=row_ok, other=0.0) + chunk_sum, mask=row_ok)
+    if NEED_DX:
+        tl.store(off_sum_ptr + rows, tl.load(off_sum_ptr + rows, mask=row_ok, other=0.0) + chunk_sum, mask=row_ok)
+        tl.store(off_pcos_ptr + rows, tl.load(off_pcos_ptr + rows, mask=row_ok, other=0.0) + chunk_pcos,
+                 mask=row_ok)
+        if FOLD_T:
+            for d0 in range(0, dim, BLOCK_D):
+                ds = d0 + tl.arange(0, BLOCK_D)
+                at_o = rows[:, None] * dim + ds[None, :]
+                ok = row_ok[:, None] & (ds[None, :] < dim)
+                o = tl.load(o_ptr + at_o, mask=ok, other=0.0) + tl.load(t_ptr + at_o, mask=ok, other=0.0)
+                tl.store(o_ptr + at_o, o, mask=ok)
