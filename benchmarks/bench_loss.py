@@ -18,6 +18,8 @@ Implementations (a missing one is skipped with the reason):
                       TRITON_INTERPRET=1 on CPU)
   triton_gemm         the same backend with PEDCC_TRITON_LOSS=gemm: library GEMMs over chunks of
                       classes, softmax in Triton between them
+  triton_epilogue     PEDCC_TRITON_LOSS=epilogue: per chunk a Triton GEMM x W^T with the softmax in
+                      its epilogue, then a library GEMM P W (the gemm strategy where it falls back)
   torch_linear_ce     torch.nn.functional.linear_cross_entropy on (s*x^, w^) (no margin, no MSE),
                       with its chunked path when torch has LinearCrossEntropyOptions
   liger_flce          Liger-Kernel's LigerFusedLinearCrossEntropyLoss on (s*x^, w^) (CUDA)
@@ -35,10 +37,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Prepared, Run, Section, Unavailable, add_common_args, autotune_keys,  # noqa: E402
                      autotune_report, resolve_common)
 
-IMPLS = ("reference", "reference_compiled", "torch", "triton", "triton_gemm", "torch_linear_ce", "liger_flce",
-         "pml_cosface")
-SAME_MATH = ("reference", "reference_compiled", "torch", "triton", "triton_gemm")
-TRITON_STRATEGIES = {"triton": "sweep", "triton_gemm": "gemm"}
+IMPLS = ("reference", "reference_compiled", "torch", "triton", "triton_gemm", "triton_epilogue", "torch_linear_ce",
+         "liger_flce", "pml_cosface")
+SAME_MATH = ("reference", "reference_compiled", "torch", "triton", "triton_gemm", "triton_epilogue")
+TRITON_STRATEGIES = {"triton": "sweep", "triton_gemm": "gemm", "triton_epilogue": "epilogue"}
 SCALE, MARGIN = 15.0, 0.5  # the authors' defaults (DESIGN §2)
 SECTION = Section(name="loss", title="PEDCC-Loss forward + backward", baseline="reference", x_key="C",
                   panel_keys=("N", "d", "dtype", "grad"), compare_keys=("N", "C", "d", "dtype", "grad"))
@@ -226,8 +228,27 @@ def make_case(p):
 
         classes = chunk_classes(n, c, dtype.itemsize)
         details = lambda: {"chunk_classes": classes}  # noqa: E731
+    elif p["impl"] == "triton_epilogue":
+        details = epilogue_details(n, c, dtype, p["s"], p["m"])
     return Prepared(run=run, input_bytes=input_bytes, flop=2.0 * gemm_passes * n * c * d, check=check, note=note,
                     details=details)
+
+
+def epilogue_details(n, c, dtype, s, m):
+    """Which op the epilogue strategy ran ('epilogue', or 'gemm' where its reference is unsafe), its
+    chunk and the autotuner's choice for its GEMM."""
+    from pedcc_kernels.kernels.epilogue_loss import MAX_CHUNK, epilogue_kernel, reference_is_safe
+    from pedcc_kernels.kernels.fused_loss_config import fp32_operands
+    from pedcc_kernels.kernels.gemm_loss import chunk_classes
+
+    if not reference_is_safe(s, m, c, dtype):
+        classes = chunk_classes(n, c, dtype.itemsize)
+        return lambda: {"op": "gemm", "chunk_classes": classes}
+    classes = min(chunk_classes(n, c, dtype.itemsize, dot_bytes=0), MAX_CHUNK)
+    kernel = epilogue_kernel(fp32_operands(dtype))
+    known = autotune_keys(kernel)
+    return lambda: {"op": "epilogue", "chunk_classes": classes,
+                    "autotuning": {"logits_epilogue": autotune_report(kernel, known)}}
 
 
 def sweep_autotuning(d, dtype, grad_w):
@@ -258,8 +279,8 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="include torch.compile of the reference on a CPU")
     parser.add_argument("--tf32", action="store_true", help="float32 matmuls of torch in TF32 (on a GPU; the "
                         "default is torch's 'highest'); recorded as machine.float32_matmul_precision")
-    parser.add_argument("--gemm-chunk-mib", type=float, help="chunk budget of triton_gemm in MiB "
-                        "(PEDCC_GEMM_CHUNK_MIB; default 64)")
+    parser.add_argument("--gemm-chunk-mib", type=float, help="chunk budget of triton_gemm and triton_epilogue "
+                        "in MiB (PEDCC_GEMM_CHUNK_MIB; default 64)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.gemm_chunk_mib is not None:

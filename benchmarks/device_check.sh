@@ -240,9 +240,9 @@ fi
 if [ "$CENTROIDS_ONLY" = 1 ]; then
     skip_step bench_loss "--centroids-only"
 else
-    # --loss-only keeps 85 s for two more runs at C = 100000: the 'gemm' strategy with 16 MiB chunks
-    # (the default is 64), to see whether the chunk size matters, and small batches (N = 128, 512:
-    # the gemm strategy's split path against the sweep).
+    # --loss-only keeps 85 s for two more runs at C = 100000: the chunked strategies ('gemm',
+    # 'epilogue') with 16 MiB chunks (the default is 64), to see whether the chunk size matters, and
+    # small batches (N = 128, 512: the gemm strategy's split path against the sweep and the epilogue).
     CHUNK_RESERVE=15
     [ "$LOSS_ONLY" = 1 ] && CHUNK_RESERVE=85
     LOSS_CAP=$(( $(remaining) - CHUNK_RESERVE ))
@@ -252,9 +252,9 @@ else
     if [ "$LOSS_ONLY" = 1 ]; then
         [ "$DRY_RUN" = 1 ] && C_ARGS=() || C_ARGS=(--C 100000)
         step gemm_chunk_16 35 50 "$PY" benchmarks/bench_loss.py "${BENCH_ARGS[@]}" "${C_ARGS[@]}" \
-            --impls reference triton_gemm --gemm-chunk-mib 16 --tag gemm-chunk-16mib --budget-s 20
+            --impls reference triton_gemm triton_epilogue --gemm-chunk-mib 16 --tag gemm-chunk-16mib --budget-s 20
         step small_batches 45 5 "$PY" benchmarks/bench_loss.py "${BENCH_ARGS[@]}" "${C_ARGS[@]}" --N 128 512 \
-            --impls reference triton triton_gemm --tag small-batches --budget-s 28
+            --impls reference triton triton_gemm triton_epilogue --tag small-batches --budget-s 28
     fi
 fi
 

@@ -87,6 +87,10 @@ def test_loss_dry_run_json(dry_run):
         if by_impl.get("triton_gemm", {}).get("status") == "ok":
             assert by_impl["triton_gemm"]["check_rel_diff"] < 1e-3
             assert 1 <= by_impl["triton_gemm"]["details"]["chunk_classes"] <= shape[1]
+        if by_impl.get("triton_epilogue", {}).get("status") == "ok":
+            assert by_impl["triton_epilogue"]["check_rel_diff"] < 1e-3
+            details = by_impl["triton_epilogue"]["details"]
+            assert details["op"] == "epilogue" and 1 <= details["chunk_classes"] <= shape[1]
 
 
 def test_centroids_dry_run_json(dry_run):
