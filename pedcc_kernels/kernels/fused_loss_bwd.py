@@ -20,15 +20,33 @@ from .tile_dot import load_rows, sliced_dot_t
 
 
 @triton.jit
+def _grad_slice(x_ptr, w_ptr, off_o_ptr, rows, row_ok, labels, label_ok, d0, dim, stride_xr, stride_xd, stride_wc,
+                stride_wd, a_s, b, off_mass, inv_x_norm, inv_wy_norm, BLOCK_D: tl.constexpr):
+    """Columns [d0, d0 + BLOCK_D) of G_i = a_i s (O'_i - q_i w^_y) + b_i w^_y and of x^_i (fp32), with
+    their column offsets and mask."""
+    ds = d0 + tl.arange(0, BLOCK_D)
+    ok = row_ok[:, None] & (ds[None, :] < dim)
+    off_o = tl.load(off_o_ptr + rows[:, None] * dim + ds[None, :], mask=ok, other=0.0)
+    x = tl.load(x_ptr + rows[:, None] * stride_xr + ds[None, :] * stride_xd, mask=ok, other=0.0)
+    w_y = tl.load(w_ptr + labels[:, None] * stride_wc + ds[None, :] * stride_wd, mask=ok & label_ok[:, None],
+                  other=0.0)
+    w_y = w_y.to(tl.float32) * inv_wy_norm[:, None]
+    g = a_s[:, None] * (off_o - off_mass[:, None] * w_y) + b[:, None] * w_y
+    return g, x.to(tl.float32) * inv_x_norm[:, None], ds, ok
+
+
+@triton.jit
 def grad_features_kernel(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, off_o_ptr, off_pcos_ptr, off_mass_ptr,
                          tcos_ptr, grad_am_ptr, grad_cos_ptr, dx_ptr,
                          n_rows, n_classes, dim, stride_xr, stride_xd, stride_wc, stride_wd, scale,
                          BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """dx_i = (G_i - (G_i . x^_i) x^_i) / ||x_i|| with G_i = sum_j g_ij w^_j, from the forward's
-    off-target sums (O'_i = sum_{j != y} p_ij w^_j, P'_i = sum_{j != y} p_ij cos_ij, q_i = 1 - p_iy):
-    G_i = a_i s (O'_i - q_i w^_y) + b_i w^_y and G_i . x^_i = a_i s (P'_i - q_i cos_iy) + b_i cos_iy.
-    G_i / eps where ||x_i|| <= eps (autograd of x / max(||x||, eps)). dx is written contiguous in
-    dx_ptr's dtype. Labels outside [0, C) (possible with check_labels=False) read no memory."""
+    off-target sums (O'_i = sum_{j != y} p_ij w^_j, q_i = 1 - p_iy): G_i = a_i s (O'_i - q_i w^_y) + b_i w^_y.
+    G_i . x^_i is the dot product of that G_i with x^_i (a first pass over d), not a sum carried from the
+    forward: so the projection removes all of the radial part of the G_i actually formed, whose
+    rounding (half-precision probabilities in O') would otherwise leak into dx where G_i is nearly
+    radial. G_i / eps where ||x_i|| <= eps (autograd of x / max(||x||, eps)). dx is written contiguous
+    in dx_ptr's dtype. Labels outside [0, C) (possible with check_labels=False) read no memory."""
     # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
     scale = tl.cast(scale, tl.float32)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -41,19 +59,17 @@ def grad_features_kernel(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, off_o
     above = x_norm > NORM_EPS
     inv_x_norm = 1.0 / tl.maximum(x_norm, NORM_EPS)
     inv_wy_norm = 1.0 / tl.maximum(tl.load(w_norm_ptr + labels, mask=label_ok, other=1.0), NORM_EPS)
-    tcos = tl.load(tcos_ptr + rows, mask=row_ok, other=0.0)
     off_mass = tl.load(off_mass_ptr + rows, mask=row_ok, other=0.0)
-    radial = a_s * (tl.load(off_pcos_ptr + rows, mask=row_ok, other=0.0) - off_mass * tcos) + b * tcos
+    radial = tl.zeros([BLOCK_R], dtype=tl.float32)
     for d0 in range(0, dim, BLOCK_D):
-        ds = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (ds[None, :] < dim)
-        off_o = tl.load(off_o_ptr + rows[:, None] * dim + ds[None, :], mask=ok, other=0.0)
-        x = tl.load(x_ptr + rows[:, None] * stride_xr + ds[None, :] * stride_xd, mask=ok, other=0.0)
-        w_y = tl.load(w_ptr + labels[:, None] * stride_wc + ds[None, :] * stride_wd,
-                      mask=ok & label_ok[:, None], other=0.0)
-        w_y = w_y.to(tl.float32) * inv_wy_norm[:, None]
-        g = a_s[:, None] * (off_o - off_mass[:, None] * w_y) + b[:, None] * w_y
-        x_hat = x.to(tl.float32) * inv_x_norm[:, None]
+        g, x_hat, ds, ok = _grad_slice(x_ptr, w_ptr, off_o_ptr, rows, row_ok, labels, label_ok, d0, dim, stride_xr,
+                                       stride_xd, stride_wc, stride_wd, a_s, b, off_mass, inv_x_norm, inv_wy_norm,
+                                       BLOCK_D)
+        radial += tl.sum(g * x_hat, axis=1)
+    for d0 in range(0, dim, BLOCK_D):
+        g, x_hat, ds, ok = _grad_slice(x_ptr, w_ptr, off_o_ptr, rows, row_ok, labels, label_ok, d0, dim, stride_xr,
+                                       stride_xd, stride_wc, stride_wd, a_s, b, off_mass, inv_x_norm, inv_wy_norm,
+                                       BLOCK_D)
         dx = tl.where(above[:, None], g - radial[:, None] * x_hat, g) * inv_x_norm[:, None]
         tl.store(dx_ptr + rows[:, None] * dim + ds[None, :], dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
