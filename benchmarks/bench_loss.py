@@ -235,13 +235,13 @@ def make_case(p):
 
 
 def epilogue_details(n, c, dtype, s, m):
-    """Which op the epilogue strategy ran ('epilogue', or 'gemm' where its reference is unsafe), its
+    """Which op the epilogue strategy ran ('epilogue', or 'gemm' where it does not apply), its
     chunk and the autotuner's choice for its GEMM."""
-    from pedcc_kernels.kernels.epilogue_loss import MAX_CHUNK, epilogue_kernel, reference_is_safe
+    from pedcc_kernels.kernels.epilogue_loss import MAX_CHUNK, applies, epilogue_kernel
     from pedcc_kernels.kernels.fused_loss_config import fp32_operands
     from pedcc_kernels.kernels.gemm_loss import chunk_classes
 
-    if not reference_is_safe(s, m, c, dtype):
+    if not applies(s, m, n, c, dtype):
         classes = chunk_classes(n, c, dtype.itemsize)
         return lambda: {"op": "gemm", "chunk_classes": classes}
     classes = min(chunk_classes(n, c, dtype.itemsize, dot_bytes=0), MAX_CHUNK)

@@ -429,7 +429,7 @@ def test_gemm_chunk_pieces_rule(monkeypatch, strategy):
 
 def test_epilogue_strategy_falls_back_where_its_reference_is_unsafe(strategy):
     """The 'epilogue' op runs for bf16/fp32 operands at ordinary (s, m); fp16 operands (which cannot
-    hold its terms) and logit ranges too wide for fp32 take the 'gemm' op."""
+    hold its terms), logit ranges too wide for fp32 and batches beyond its grid take the 'gemm' op."""
     if strategy != "epilogue":
         pytest.skip("epilogue strategy only")
     from pedcc_kernels.kernels import epilogue_loss, gemm_loss
@@ -437,12 +437,14 @@ def test_epilogue_strategy_falls_back_where_its_reference_is_unsafe(strategy):
 
     epilogue, gemm = epilogue_loss.row_loss_epilogue, gemm_loss.row_loss_gemm
     for operand in (torch.bfloat16, torch.float32):
-        assert _row_loss_op("epilogue", 15.0, 0.5, 10**6, operand) is epilogue
-        assert _row_loss_op("epilogue", 30.0, 0.0, 10**5, operand) is epilogue
-        assert _row_loss_op("epilogue", 1.0, -0.2, 37, operand) is epilogue
-        assert _row_loss_op("epilogue", 64.0, 0.35, 10**5, operand) is gemm
-    assert _row_loss_op("epilogue", 15.0, 0.5, 1000, torch.float16) is gemm
-    assert _row_loss_op("gemm", 15.0, 0.5, 1000, torch.bfloat16) is gemm
+        assert _row_loss_op("epilogue", 15.0, 0.5, 4096, 10**6, operand) is epilogue
+        assert _row_loss_op("epilogue", 30.0, 0.0, 4096, 10**5, operand) is epilogue
+        assert _row_loss_op("epilogue", 1.0, -0.2, 1, 37, operand) is epilogue
+        assert _row_loss_op("epilogue", 64.0, 0.35, 4096, 10**5, operand) is gemm
+    assert _row_loss_op("epilogue", 15.0, 0.5, 4096, 1000, torch.float16) is gemm
+    assert _row_loss_op("gemm", 15.0, 0.5, 4096, 1000, torch.bfloat16) is gemm
+    # Row blocks sit on the grid's second axis (at most 65535 programs): larger batches take 'gemm'.
+    assert _row_loss_op("epilogue", 15.0, 0.5, epilogue_loss.MAX_ROWS + 1, 1000, torch.bfloat16) is gemm
     # More classes leave less room below the largest term: the widest safe s shrinks with C.
     widest = [widest_safe_scale(0.5, c) for c in (37, 3000, 10**6)]
     assert widest[0] > widest[1] > widest[2] > 40
@@ -458,32 +460,33 @@ def widest_safe_scale(m, n_classes):
     return s
 
 
+@pytest.mark.parametrize("m", [0.5, -0.7, 3.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_epilogue_rows_far_below_the_largest_logit(dtype, strategy):
-    """At the widest (s, m) the 'epilogue' op still takes: rows whose every cosine is near -1 (their
-    target logit sits so far below s that the fixed reference is raised above it, and all their terms
-    are tiny) beside confident rows (target cosine near 1). The row sums must neither underflow nor
-    overflow."""
-    if strategy != "epilogue":
-        pytest.skip("epilogue strategy only")
-    from pedcc_kernels.kernels.epilogue_loss import HEADROOM_LOG2, reference_is_safe
+def test_rows_at_the_ends_of_the_logit_range(dtype, m):
+    """At the widest s the 'epilogue' op still takes, rows whose cosines are all +-1: every other
+    centroid along the row (C - 1 terms at the largest logit, 2^HEADROOM each against the epilogue's
+    raised reference: the overflow side), a target opposite the row with the others opposite too (the
+    largest term far below the reference), and confident rows. The row sums must neither overflow
+    nor lose their terms; dL/dx is exactly radial before the projection (every centroid is collinear
+    with the row), so any radial rounding left in it shows. Every strategy is held to this."""
+    from pedcc_kernels.kernels.epilogue_loss import HEADROOM_LOG2, logit_range, reference_is_safe
     from pedcc_kernels.kernels.fused_loss import LOG2E
 
-    n_rows, n_classes, dim = (64, 3000, 64) if ON_GPU else (6, 37, 20)
-    m = 0.5
+    n_classes, dim = (3000, 64) if ON_GPU else (37, 20)
     s = widest_safe_scale(m, n_classes)
     assert reference_is_safe(s, m, n_classes, dtype) and not reference_is_safe(s + 0.2, m, n_classes, dtype)
     gen = torch.Generator().manual_seed(20)
     u = torch.nn.functional.normalize(torch.randn(dim, dtype=torch.float64, generator=gen), dim=0)
-    w = u + 0.1 * torch.randn(n_classes, dim, dtype=torch.float64, generator=gen)
-    y = torch.randint(0, n_classes, (n_rows,), generator=gen)
-    x = -u + 0.05 * torch.randn(n_rows, dim, dtype=torch.float64, generator=gen)
-    confident = torch.arange(n_rows) % 2 == 1
-    x[confident] = w[y[confident]]
-    target_cos = torch.nn.functional.cosine_similarity(x, w[y], dim=1)
-    raised = s * (target_cos - m) * LOG2E < s * LOG2E - HEADROOM_LOG2
-    assert raised[~confident].all() and not raised[confident].any()
-    check_against_truth(x.to(DEVICE, dtype), y.to(DEVICE), w.to(DEVICE, dtype), f"far rows {dtype}", s=s, m=m)
+    w = u.repeat(n_classes, 1)
+    w[0] = -u
+    # (row, label): u with target -u, others +u; -u with target +u (class 1), others -u but class 0;
+    # -u with target -u (confident); u with target u (confident, others alike).
+    x = torch.stack([u, -u, -u, u])
+    y = torch.tensor([0, 1, 0, 1])
+    target_cos = (x * w[y]).sum(dim=1)
+    raised = s * (target_cos - m) * LOG2E < logit_range(s, m)[1] * LOG2E - HEADROOM_LOG2
+    assert raised[:2].all(), "the first two rows must take the raised reference"
+    check_against_truth(x.to(DEVICE, dtype), y.to(DEVICE), w.to(DEVICE, dtype), f"ends m={m} {dtype}", s=s, m=m)
 
 
 def test_unknown_strategy_is_refused(monkeypatch, strategy):

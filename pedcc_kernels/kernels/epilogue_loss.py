@@ -9,9 +9,10 @@ some 1.5 ms of an H100's bandwidth. Here the dot products stay in registers: 4 b
 (P written and read once). A row max cannot be known inside one tile, so each row gets a fixed
 reference before the sweep (epilogue_loss_kernels.py); where that is not safe for every input
 (fp16 operands, or a logit range s (2 + |m|) too wide for fp32, e.g. s = 64 with m = 0.35), the
-'gemm' strategy runs instead (reference_is_safe). Forward + dL/dx is 4 N C d FLOP; dL/dW is the
-'gemm' strategy's. Memory: one chunk of N x chunk probabilities (CHUNK_BYTES, as 'gemm') and the
-tiles' row sums, plus O(N d); never N x C.
+'gemm' strategy runs instead (reference_is_safe). Forward + dL/dx is 4 N C d FLOP. Memory: one chunk
+of N x chunk probabilities (CHUNK_BYTES, as 'gemm') and the tiles' row sums, plus O(N d); never
+N x C. dL/dW (when the centroids require it) runs the same way: an epilogue GEMM W_k x^T writes the
+logit gradients G_k^T (p from the saved lse), then a library GEMM G_k^T x.
 
 The op returns exactly what pedcc_triton::row_loss returns, so dL/dx reuses its O(N d) kernel.
 Unmeasured on a GPU so far: benchmarks/bench_loss.py times it as 'triton_epilogue'.
@@ -28,8 +29,10 @@ from .fused_loss import (LOG2E, _row_norms, _rowwise_grid, _tile_addressable, _u
                          save_for_backward)
 from .fused_loss_config import (AUTOTUNE, INTERPRET, ROWWISE_BLOCK_D, ROWWISE_BLOCK_ROWS, ROWWISE_WARPS,
                                 dot_precision, fp32_operands, size_key)
-from .epilogue_loss_kernels import fold_tiles_kernel, logits_epilogue_kernel, target_reference_kernel
-from .gemm_loss import chunk_classes, gemm_fp32_out, row_loss_gemm_grad_centroids
+from .epilogue_loss_kernels import (fold_tiles_kernel, grad_logits_epilogue_kernel, logits_epilogue_kernel,
+                                    target_reference_kernel)
+from .fused_loss_bwd import grad_centroids_finish_kernel
+from .gemm_loss import chunk_classes, gemm_fp32_out
 from .gemm_loss_kernels import chunk_finish_kernel
 
 # Largest term 2^HEADROOM_LOG2 relative to the reference: C terms of it stay below fp32's 2^128 for
@@ -45,8 +48,15 @@ def logit_range(s: float, m: float) -> Tuple[float, float]:
     return min(-s, -s - s * m), max(s, s - s * m)
 
 
+def applies(s: float, m: float, n_rows: int, n_classes: int, operand: torch.dtype) -> bool:
+    """Whether the epilogue op takes this call: a safe reference and at most MAX_ROWS rows."""
+    return n_rows <= MAX_ROWS and reference_is_safe(s, m, n_classes, operand)
+
+
 def reference_is_safe(s: float, m: float, n_classes: int, operand: torch.dtype) -> bool:
-    """Whether the fixed reference keeps every row's sum exact to fp32 rounding for any inputs.
+    """Whether the fixed reference keeps every row's sum exact to fp32 rounding for any inputs
+    (centroids of norm above 2^-27: P = p / ||w|| holds terms up to 2^HEADROOM; PEDCC centroids are
+    unit vectors, and a smaller norm turns the gradient inf/NaN, never silently wrong).
 
     With R_i = max(z_iy, z_max - HEADROOM) every term is at most 2^HEADROOM, and the largest term of a
     row is at least 2^(HEADROOM - span), span = (z_max - z_min) log2(e): the target's own term when
@@ -85,18 +95,31 @@ def candidates(fp32: bool) -> list:
 
 
 # The narrowest BLOCK_N of any candidate sizes the tiles' row-sum buffers; the widest tile bounds the
-# int32 offsets inside a tile (x and W rows, P rows of a chunk).
+# int32 offsets inside a tile (x and W rows, P and G^T rows of a chunk); the narrowest tile and CUDA's
+# 65535 programs on a grid's second axis (the row blocks) bound the batch.
 MIN_BLOCK_N = min(c[1] for c in candidates(False) + candidates(True))
 MAX_TILE_ROWS = max(max(c[0], c[1]) for c in candidates(False) + candidates(True))
 MAX_CHUNK = 2**31 // MAX_TILE_ROWS
+MAX_ROWS = min(MAX_CHUNK, 65535 * min(min(c[0], c[1]) for c in candidates(False) + candidates(True)))
+# Tiles' row sums the fold adds per load.
+FOLD_BLOCK_TILES = 32
+
+
+def _configs(fp32: bool) -> list:
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+            for bm, bn, bk, warps, stages in candidates(fp32)]
 
 
 @functools.lru_cache(maxsize=None)
 def epilogue_kernel(fp32: bool):
-    """The epilogue GEMM autotuned over the candidates for this operand width."""
-    return logits_epilogue_kernel([
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
-        for bm, bn, bk, warps, stages in candidates(fp32)])
+    """The forward's epilogue GEMM autotuned over the candidates for this operand width."""
+    return logits_epilogue_kernel(_configs(fp32))
+
+
+@functools.lru_cache(maxsize=None)
+def grad_epilogue_kernel(fp32: bool):
+    """The dL/dW epilogue GEMM (tiles of classes x rows) over the same candidates."""
+    return grad_logits_epilogue_kernel(_configs(fp32))
 
 
 @triton_op("pedcc_triton::row_loss_epilogue", mutates_args=())
@@ -107,7 +130,7 @@ def row_loss_epilogue(features: torch.Tensor, centroids: torch.Tensor, labels: t
     outputs: row_am, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass, fp32).
 
     features (N, d) and centroids (C, d) bf16/fp32 (promoted together: fp32 if either is), any
-    strides; labels (N,) int64 in [0, C). Call only where reference_is_safe(s, m, C, promoted dtype).
+    strides; labels (N,) int64 in [0, C). Call only where applies(s, m, N, C, promoted dtype).
     """
     features, centroids = _tile_addressable(features, MAX_TILE_ROWS), _tile_addressable(centroids, MAX_TILE_ROWS)
     n_rows, dim = features.shape
@@ -143,7 +166,7 @@ def row_loss_epilogue(features: torch.Tensor, centroids: torch.Tensor, labels: t
         probs = torch.empty((n_rows, width) if need_dx else (0, 0), dtype=operand, device=device)
 
         def grid(meta):
-            return (triton.cdiv(n_rows, meta["BLOCK_M"]), triton.cdiv(width, meta["BLOCK_N"]))
+            return (triton.cdiv(width, meta["BLOCK_N"]), triton.cdiv(n_rows, meta["BLOCK_M"]))
 
         # One row-sum slot per tile column of the narrowest candidate (the autotuner's choice is not
         # known here); slots past the chosen tiles' stay 0 for the fold.
@@ -157,7 +180,7 @@ def row_loss_epilogue(features: torch.Tensor, centroids: torch.Tensor, labels: t
         wrap_triton(fold_tiles_kernel)[_rowwise_grid(n_rows)](
             part_sum, part_pcos, max_tiles, run_sum, off_sum, off_pcos, off_o,
             off_o if product is None else product, n_rows, dim, NEED_DX=need_dx, FOLD_T=product is not None,
-            BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
+            BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_T=FOLD_BLOCK_TILES, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
         if need_dx:
             product = gemm_fp32_out(probs, w.to(operand))
         del probs  # the next chunk's buffer reuses the memory: the chunk budget holds in eager mode
@@ -173,5 +196,43 @@ def row_loss_epilogue(features: torch.Tensor, centroids: torch.Tensor, labels: t
     return row_am, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass
 
 
+@triton_op("pedcc_triton::row_loss_epilogue_grad_centroids", mutates_args=())
+def row_loss_epilogue_grad_centroids(grad_am: torch.Tensor, grad_cos: torch.Tensor, features: torch.Tensor,
+                                     centroids: torch.Tensor, labels: torch.Tensor, x_norm: torch.Tensor,
+                                     w_norm: torch.Tensor, lse: torch.Tensor, s: float, m: float) -> torch.Tensor:
+    """dL/dcentroids (C, d) in centroids' dtype, chunk by chunk: an epilogue GEMM W_k x^T that writes the
+    logit gradients G_k^T (p from the saved lse), the GEMM G_k^T x, then the chain through the
+    normalisation of w (fp32 until the final store). N <= MAX_ROWS, as for the forward (int32 offsets in
+    a G^T tile, row tiles on the grid's second axis)."""
+    features, centroids = _tile_addressable(features, MAX_TILE_ROWS), _tile_addressable(centroids, MAX_TILE_ROWS)
+    n_rows, dim = features.shape
+    n_classes = centroids.shape[0]
+    operand = torch.promote_types(features.dtype, centroids.dtype)
+    x = features.to(operand)
+    kernel = grad_epilogue_kernel(fp32_operands(features.dtype, centroids.dtype))
+    upcast, precision = _upcast(features, centroids), dot_precision(features.dtype, centroids.dtype)
+    grad_w = torch.empty(n_classes, dim, dtype=centroids.dtype, device=features.device)
+    chunk = min(chunk_classes(n_rows, n_classes, operand.itemsize, dot_bytes=0), MAX_CHUNK)
+    for c0 in range(0, n_classes, chunk):
+        w = centroids[c0:c0 + chunk]
+        width = w.shape[0]
+        logit_grads_t = torch.empty(width, n_rows, dtype=operand, device=features.device)
+
+        def grid(meta):
+            return (triton.cdiv(width, meta["BLOCK_M"]), triton.cdiv(n_rows, meta["BLOCK_N"]))
+
+        wrap_triton(kernel)[grid](
+            w, features, labels, x_norm, w_norm[c0:], lse, grad_am, grad_cos, logit_grads_t, n_rows, width, c0, dim,
+            w.stride(0), w.stride(1), features.stride(0), features.stride(1), s, s * LOG2E, s * m * LOG2E,
+            size_key(n_rows), UPCAST=upcast, PRECISION=precision)
+        grad_w_hat = gemm_fp32_out(logit_grads_t, x)
+        del logit_grads_t  # the next chunk's buffer reuses the memory: the chunk budget holds in eager mode
+        wrap_triton(grad_centroids_finish_kernel)[_rowwise_grid(width)](
+            grad_w_hat, w, w_norm[c0:], grad_w, width, dim, 1, w.stride(0), w.stride(1), c0,
+            BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
+    return grad_w
+
+
 row_loss_epilogue.register_autograd(
-    backward_with("pedcc_triton::row_loss_epilogue", row_loss_gemm_grad_centroids), setup_context=save_for_backward)
+    backward_with("pedcc_triton::row_loss_epilogue", row_loss_epilogue_grad_centroids),
+    setup_context=save_for_backward)

@@ -191,15 +191,15 @@ row_loss.register_autograd(backward_with("pedcc_triton::row_loss", row_loss_grad
                            setup_context=save_for_backward)
 
 
-def _row_loss_op(strategy, s, m, n_classes, operand):
+def _row_loss_op(strategy, s, m, n_rows, n_classes, operand):
     """The custom op of a strategy; 'epilogue' falls back to 'gemm' where its fixed reference could
-    lose precision (fp16 operands, a very wide logit range)."""
+    lose precision (fp16 operands, a very wide logit range) or the batch is beyond its grid."""
     if strategy == "sweep":
         return row_loss
     if strategy == "epilogue":
-        from .epilogue_loss import reference_is_safe, row_loss_epilogue
+        from .epilogue_loss import applies, row_loss_epilogue
 
-        if reference_is_safe(float(s), float(m), n_classes, operand):
+        if applies(float(s), float(m), n_rows, n_classes, operand):
             return row_loss_epilogue
     from .gemm_loss import row_loss_gemm
 
@@ -221,7 +221,8 @@ def pedcc_loss_triton(features, labels, centroids, *, s, m, n, lam, reduction, m
     valid = labels != ignore_index
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
     need_dx = features.requires_grad and torch.is_grad_enabled()
-    op = _row_loss_op(loss_strategy(), s, m, centroids.shape[0], torch.promote_types(features.dtype, centroids.dtype))
+    op = _row_loss_op(loss_strategy(), s, m, features.shape[0], centroids.shape[0],
+                      torch.promote_types(features.dtype, centroids.dtype))
     row_am, target_cos, *_ = op(features, centroids, safe_labels, float(s), float(m), need_dx)
     out_dtype = loss_dtype(torch.promote_types(features.dtype, centroids.dtype))
     return combine_rows(row_am.to(out_dtype), target_cos.to(out_dtype), valid, lam=lam, n=n,

@@ -240,17 +240,27 @@ def chunk_finish_kernel(run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pco
             tl.store(o_ptr + at, o / total[:, None], mask=ok)
 
 
+@triton.jit
+def logit_grads_over_x_norm(dots_t, inv_w_norm, inv_x_norm, is_target, lse_log2, a_s, b, scale_log2, margin_log2):
+    """g_ij / ||x_i|| on a (classes x rows) tile of dot products w_j . x_i, with
+    g_ij = a_i s (p_ij - [j == y_i]) + b_i [j == y_i] and p recomputed from the saved lse (log2 units);
+    a_s = a_i s and b_i are the per-row gradients of the row terms."""
+    cos = dots_t * inv_w_norm[:, None] * inv_x_norm[None, :]
+    p = tl.exp2(margin_logits(cos, is_target, scale_log2, margin_log2) - lse_log2[None, :])
+    g = a_s[None, :] * (p - tl.where(is_target, 1.0, 0.0)) + tl.where(is_target, b[None, :], 0.0)
+    return g * inv_x_norm[None, :]
+
+
 @triton.jit(do_not_specialize=["chunk_cols", "c0"])
 def chunk_grad_logits_kernel(dots_t_ptr, g_t_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, lse_ptr, grad_am_ptr,
                              grad_cos_ptr, n_rows, chunk_cols, c0, scale, scale_log2, margin_log2,
                              BLOCK_J: tl.constexpr, BLOCK_I: tl.constexpr):
     """G^T[j, i] = g_ij / ||x_i|| for one chunk of classes (dL/dW), in g_t_ptr's dtype, from
-    dots_t (chunk_cols, n_rows) fp32 = w_j . x_i, with g_ij = a_i s (p_ij - [j == y_i]) + b_i [j == y_i]
-    and p recomputed from the saved lse; then G^T x = sum_i g_ij x^_i, the gradient w.r.t. the
-    normalised centroids of the chunk. One program: a BLOCK_J x BLOCK_I tile (classes x rows).
-    Classes x rows (the transpose of the forward's chunk) keeps torch.compile from merging this GEMM
-    with the forward's and saving the N x chunk dot products for the backward; it is also the layout
-    the G^T x GEMM reads."""
+    dots_t (chunk_cols, n_rows) fp32 = w_j . x_i (logit_grads_over_x_norm); then
+    G^T x = sum_i g_ij x^_i, the gradient w.r.t. the normalised centroids of the chunk. One program:
+    a BLOCK_J x BLOCK_I tile (classes x rows). Classes x rows (the transpose of the forward's chunk)
+    keeps torch.compile from merging this GEMM with the forward's and saving the N x chunk dot
+    products for the backward; it is also the layout the G^T x GEMM reads."""
     # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
     scale = tl.cast(scale, tl.float32)
     scale_log2 = tl.cast(scale_log2, tl.float32)
@@ -267,8 +277,8 @@ def chunk_grad_logits_kernel(dots_t_ptr, g_t_ptr, labels_ptr, x_norm_ptr, w_norm
     b = tl.load(grad_cos_ptr + rows, mask=row_ok, other=0.0)
     at = cols[:, None] * n_rows + rows[None, :]
     ok = col_ok[:, None] & row_ok[None, :]
-    cos = tl.load(dots_t_ptr + at, mask=ok, other=0.0) * inv_w_norm[:, None] * inv_x_norm[None, :]
+    dots_t = tl.load(dots_t_ptr + at, mask=ok, other=0.0)
     is_target = cols[:, None] == local_labels[None, :]
-    p = tl.exp2(margin_logits(cos, is_target, scale_log2, margin_log2) - lse_log2[None, :])
-    g = a_s[None, :] * (p - tl.where(is_target, 1.0, 0.0)) + tl.where(is_target, b[None, :], 0.0)
-    tl.store(g_t_ptr + at, (g * inv_x_norm[None, :]).to(g_t_ptr.dtype.element_ty), mask=ok)
+    g = logit_grads_over_x_norm(dots_t, inv_w_norm, inv_x_norm, is_target, lse_log2, a_s, b, scale_log2,
+                                margin_log2)
+    tl.store(g_t_ptr + at, g.to(g_t_ptr.dtype.element_ty), mask=ok)
