@@ -20,19 +20,13 @@ from .tile_dot import load_rows, sliced_dot_t
 
 
 @triton.jit
-def _grad_slice(x_ptr, w_ptr, off_o_ptr, rows, row_ok, labels, label_ok, d0, dim, stride_xr, stride_xd, stride_wc,
-                stride_wd, a_s, b, off_mass, inv_x_norm, inv_wy_norm, BLOCK_D: tl.constexpr):
-    """Columns [d0, d0 + BLOCK_D) of G_i = a_i s (O'_i - q_i w^_y) + b_i w^_y and of x^_i (fp32), with
-    their column offsets and mask."""
-    ds = d0 + tl.arange(0, BLOCK_D)
-    ok = row_ok[:, None] & (ds[None, :] < dim)
-    off_o = tl.load(off_o_ptr + rows[:, None] * dim + ds[None, :], mask=ok, other=0.0)
-    x = tl.load(x_ptr + rows[:, None] * stride_xr + ds[None, :] * stride_xd, mask=ok, other=0.0)
-    w_y = tl.load(w_ptr + labels[:, None] * stride_wc + ds[None, :] * stride_wd, mask=ok & label_ok[:, None],
-                  other=0.0)
+def _grad_slice(off_o, x, w_y, a_s, b, off_mass, inv_x_norm, inv_wy_norm):
+    """A column slice of G_i = a_i s (O'_i - q_i w^_y) + b_i w^_y and of x^_i (fp32) from the loaded
+    slices of O', x and w_y. (The loads stay in the kernel: torch.compile's analysis of what a user
+    kernel writes gives up on pointers passed to a helper and would copy those tensors each call.)"""
     w_y = w_y.to(tl.float32) * inv_wy_norm[:, None]
     g = a_s[:, None] * (off_o - off_mass[:, None] * w_y) + b[:, None] * w_y
-    return g, x.to(tl.float32) * inv_x_norm[:, None], ds, ok
+    return g, x.to(tl.float32) * inv_x_norm[:, None]
 
 
 @triton.jit
@@ -62,14 +56,22 @@ def grad_features_kernel(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, off_o
     off_mass = tl.load(off_mass_ptr + rows, mask=row_ok, other=0.0)
     radial = tl.zeros([BLOCK_R], dtype=tl.float32)
     for d0 in range(0, dim, BLOCK_D):
-        g, x_hat, ds, ok = _grad_slice(x_ptr, w_ptr, off_o_ptr, rows, row_ok, labels, label_ok, d0, dim, stride_xr,
-                                       stride_xd, stride_wc, stride_wd, a_s, b, off_mass, inv_x_norm, inv_wy_norm,
-                                       BLOCK_D)
+        ds = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (ds[None, :] < dim)
+        g, x_hat = _grad_slice(tl.load(off_o_ptr + rows[:, None] * dim + ds[None, :], mask=ok, other=0.0),
+                               tl.load(x_ptr + rows[:, None] * stride_xr + ds[None, :] * stride_xd, mask=ok, other=0.0),
+                               tl.load(w_ptr + labels[:, None] * stride_wc + ds[None, :] * stride_wd,
+                                       mask=ok & label_ok[:, None], other=0.0),
+                               a_s, b, off_mass, inv_x_norm, inv_wy_norm)
         radial += tl.sum(g * x_hat, axis=1)
     for d0 in range(0, dim, BLOCK_D):
-        g, x_hat, ds, ok = _grad_slice(x_ptr, w_ptr, off_o_ptr, rows, row_ok, labels, label_ok, d0, dim, stride_xr,
-                                       stride_xd, stride_wc, stride_wd, a_s, b, off_mass, inv_x_norm, inv_wy_norm,
-                                       BLOCK_D)
+        ds = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (ds[None, :] < dim)
+        g, x_hat = _grad_slice(tl.load(off_o_ptr + rows[:, None] * dim + ds[None, :], mask=ok, other=0.0),
+                               tl.load(x_ptr + rows[:, None] * stride_xr + ds[None, :] * stride_xd, mask=ok, other=0.0),
+                               tl.load(w_ptr + labels[:, None] * stride_wc + ds[None, :] * stride_wd,
+                                       mask=ok & label_ok[:, None], other=0.0),
+                               a_s, b, off_mass, inv_x_norm, inv_wy_norm)
         dx = tl.where(above[:, None], g - radial[:, None] * x_hat, g) * inv_x_norm[:, None]
         tl.store(dx_ptr + rows[:, None] * dim + ds[None, :], dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
