@@ -125,9 +125,9 @@ def grad_epilogue_kernel(fp32: bool):
 @triton_op("pedcc_triton::row_loss_epilogue", mutates_args=())
 def row_loss_epilogue(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, s: float, m: float,
                       need_dx: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                                              torch.Tensor, torch.Tensor, torch.Tensor]:
     """pedcc_triton::row_loss computed by epilogue GEMMs over chunks of classes (same inputs, same
-    outputs: row_am, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass, fp32).
+    outputs: row_am, target_cos, lse, x_norm, w_norm, off_o, off_mass, fp32).
 
     features (N, d) and centroids (C, d) bf16/fp32 (promoted together: fp32 if either is), any
     strides; labels (N,) int64 in [0, C). Call only where applies(s, m, N, C, promoted dtype).
@@ -152,7 +152,6 @@ def row_loss_epilogue(features: torch.Tensor, centroids: torch.Tensor, labels: t
         BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
 
     off_sum = torch.zeros(n_rows if need_dx else 0, **f32)
-    off_pcos = torch.zeros(n_rows if need_dx else 0, **f32)
     off_o = torch.zeros(n_rows if need_dx else 0, dim, **f32)
     kernel = epilogue_kernel(fp32_operands(features.dtype, centroids.dtype))
     upcast, precision = _upcast(features, centroids), dot_precision(features.dtype, centroids.dtype)
@@ -172,13 +171,12 @@ def row_loss_epilogue(features: torch.Tensor, centroids: torch.Tensor, labels: t
         # known here); slots past the chosen tiles' stay 0 for the fold.
         max_tiles = triton.cdiv(width, MIN_BLOCK_N)
         part_sum = torch.zeros(max_tiles, n_rows, **f32)
-        part_pcos = torch.zeros(max_tiles if need_dx else 0, n_rows, **f32)
         wrap_triton(kernel)[grid](
-            features, w, labels, x_norm, w_norm[c0:], ref, probs, part_sum, part_pcos, n_rows, width, c0, dim,
+            features, w, labels, x_norm, w_norm[c0:], ref, probs, part_sum, n_rows, width, c0, dim,
             features.stride(0), features.stride(1), w.stride(0), w.stride(1), s * LOG2E, size_key(n_rows),
             NEED_DX=need_dx, UPCAST=upcast, PRECISION=precision)
         wrap_triton(fold_tiles_kernel)[_rowwise_grid(n_rows)](
-            part_sum, part_pcos, max_tiles, run_sum, off_sum, off_pcos, off_o,
+            part_sum, max_tiles, run_sum, off_sum, off_o,
             off_o if product is None else product, n_rows, dim, NEED_DX=need_dx, FOLD_T=product is not None,
             BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_T=FOLD_BLOCK_TILES, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
         if need_dx:
@@ -190,10 +188,10 @@ def row_loss_epilogue(features: torch.Tensor, centroids: torch.Tensor, labels: t
     off_mass = torch.empty(n_rows if need_dx else 0, **f32)
     # The 'gemm' finish with the reference as the (never rescaled) running max.
     wrap_triton(chunk_finish_kernel)[_rowwise_grid(n_rows)](
-        ref, run_sum, target_cos, off_sum, off_pcos, off_o, off_o if product is None else product,
+        ref, run_sum, target_cos, off_sum, off_o, off_o if product is None else product,
         row_am, lse, off_mass, n_rows, dim, s, s * m,
         NEED_DX=need_dx, BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
-    return row_am, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass
+    return row_am, target_cos, lse, x_norm, w_norm, off_o, off_mass
 
 
 @triton_op("pedcc_triton::row_loss_epilogue_grad_centroids", mutates_args=())

@@ -64,14 +64,14 @@ def target_reference_kernel(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, tc
 # sizes and chunks); dim, the strides and chunk_cols (P's row stride) are, since their divisibility by 16
 # decides vectorised loads and stores (chunks are multiples of 256 classes but the last).
 @triton.jit(do_not_specialize=["n_rows", "c0", "rows_key"])
-def _logits_epilogue(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, ref_ptr, p_ptr, part_sum_ptr,
-                     part_pcos_ptr, n_rows, chunk_cols, c0, dim, stride_xr, stride_xd, stride_wc, stride_wd,
-                     scale_log2, rows_key, NEED_DX: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _logits_epilogue(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, ref_ptr, p_ptr, part_sum_ptr, n_rows,
+                     chunk_cols, c0, dim, stride_xr, stride_xd, stride_wc, stride_wd, scale_log2, rows_key,
+                     NEED_DX: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One BLOCK_M x BLOCK_N tile of a chunk of classes [c0, c0 + chunk_cols): the dot products x_i . w_j
     (K loop over d, fp32 accumulation), then in registers cos_ij, p_ij = 2^(s log2(e) cos_ij - R_i)
     for j != y_i (the target is 0 here: its term is in the row sum already) and, per row of the tile,
-    sum_j p_ij (and sum_j p_ij cos_ij when NEED_DX) into part_*[tile column, row]. When NEED_DX, also
+    sum_j p_ij into part_sum[tile column, row]. When NEED_DX, also
     P[i, j] = p_ij / ||w_j|| in p_ptr's dtype ((n_rows, chunk_cols), contiguous) for the caller's
     GEMM P W_chunk. w_ptr points at the chunk's first centroid, w_norm_ptr at its norm.
     rows_key only keys the autotuner."""
@@ -102,11 +102,10 @@ def _logits_epilogue(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, ref_ptr, 
     ref = tl.load(ref_ptr + rows, mask=row_ok, other=0.0)
     # Columns past the chunk hold cos = 0, whose term 2^-R_i is not small: masked before the sums.
     p = tl.where(col_ok[None, :], tl.exp2(cos * scale_log2 - ref[:, None]), 0.0)
-    p_off, tile_sum, tile_pcos = off_target_terms(p, cos, is_target)
+    p_off, tile_sum = off_target_terms(p, is_target)
     at = tile_col.to(tl.int64) * n_rows + rows
     tl.store(part_sum_ptr + at, tile_sum, mask=row_ok)
     if NEED_DX:
-        tl.store(part_pcos_ptr + at, tile_pcos, mask=row_ok)
         p_base = p_ptr + row0.to(tl.int64) * chunk_cols + col0
         tl.store(p_base + m_local[:, None] * chunk_cols + n_local[None, :],
                  (p_off * inv_w_norm[None, :]).to(p_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
@@ -166,33 +165,28 @@ def logits_epilogue_kernel(configs):
     candidate on the real buffers, and a wide-tile winner writes fewer slots than a narrow candidate
     left behind, which the fold would add."""
     return triton.autotune(configs=configs, key=["dim", "rows_key", "NEED_DX"],
-                           reset_to_zero=["part_sum_ptr", "part_pcos_ptr"])(_logits_epilogue)
+                           reset_to_zero=["part_sum_ptr"])(_logits_epilogue)
 
 
 @triton.jit
-def fold_tiles_kernel(part_sum_ptr, part_pcos_ptr, n_tiles, run_sum_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr,
+def fold_tiles_kernel(part_sum_ptr, n_tiles, run_sum_ptr, off_sum_ptr, o_ptr, t_ptr,
                       n_rows, dim, NEED_DX: tl.constexpr, FOLD_T: tl.constexpr, BLOCK_R: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """After a chunk's epilogue GEMM: its tiles' row sums ((n_tiles, n_rows), BLOCK_T tiles a load, then
-    a fixed-order reduction: deterministic) go into the running sums (run_sum, and off_sum, off_pcos when
-    NEED_DX: every term the epilogue sums is off-target); O gets the previous chunk's product t = P W
+    a fixed-order reduction: deterministic) go into the running sums (run_sum, and off_sum when NEED_DX:
+    every term the epilogue sums is off-target); O gets the previous chunk's product t = P W
     (FOLD_T). No rescaling: the reference is fixed."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
     chunk_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
-    chunk_pcos = tl.zeros([BLOCK_R], dtype=tl.float32)
     for k0 in range(0, n_tiles, BLOCK_T):
         tiles = k0 + tl.arange(0, BLOCK_T)
         at = tiles[:, None] * n_rows + rows[None, :]
         ok = (tiles[:, None] < n_tiles) & row_ok[None, :]
         chunk_sum += tl.sum(tl.load(part_sum_ptr + at, mask=ok, other=0.0), axis=0)
-        if NEED_DX:
-            chunk_pcos += tl.sum(tl.load(part_pcos_ptr + at, mask=ok, other=0.0), axis=0)
     tl.store(run_sum_ptr + rows, tl.load(run_sum_ptr + rows, mask=row_ok, other=0.0) + chunk_sum, mask=row_ok)
     if NEED_DX:
         tl.store(off_sum_ptr + rows, tl.load(off_sum_ptr + rows, mask=row_ok, other=0.0) + chunk_sum, mask=row_ok)
-        tl.store(off_pcos_ptr + rows, tl.load(off_pcos_ptr + rows, mask=row_ok, other=0.0) + chunk_pcos,
-                 mask=row_ok)
         if FOLD_T:
             for d0 in range(0, dim, BLOCK_D):
                 ds = d0 + tl.arange(0, BLOCK_D)

@@ -58,14 +58,14 @@ def _upcast(features: torch.Tensor, centroids: torch.Tensor) -> bool:
 @triton_op("pedcc_triton::row_loss", mutates_args=())
 def row_loss(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, s: float, m: float,
              need_dx: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                     torch.Tensor, torch.Tensor, torch.Tensor]:
+                                     torch.Tensor, torch.Tensor]:
     """Per-row PEDCC terms in one sweep over the centroids, for logits z_ij = s (cos_ij - m [j == y_i]).
 
     features (N, d) and centroids (C, d) fp16/bf16/fp32, any strides; labels (N,) int64 in [0, C)
     (ignored rows already mapped to a valid class). Returns fp32 tensors (row_am (N,), target_cos (N,),
-    lse (N,), x_norm (N,), w_norm (C,), off_o (N, d), off_pcos (N,), off_mass (N,)); the last three
-    are the off-target sums that dL/dx needs, sum_{j != y} p_ij times w^_j, cos_ij and 1, computed
-    only when need_dx (else empty).
+    lse (N,), x_norm (N,), w_norm (C,), off_o (N, d), off_mass (N,)); the last two are the
+    off-target sums that dL/dx needs, sum_{j != y} p_ij times w^_j and 1, computed only when need_dx
+    (else empty).
     """
     features, centroids = _tile_addressable(features), _tile_addressable(centroids)
     n_rows, dim = features.shape
@@ -81,7 +81,6 @@ def row_loss(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tens
     sum_part = torch.empty(n_pieces, n_rows, **f32)
     tcos_part = torch.empty(n_pieces, n_rows, **f32)
     off_sum_part = torch.empty(n_pieces, n_rows, **f32) if need_dx else torch.empty(0, **f32)
-    off_pcos_part = torch.empty(n_pieces, n_rows, **f32) if need_dx else torch.empty(0, **f32)
     off_o_part = torch.empty(n_pieces, n_rows, dim, **f32) if need_dx else torch.empty(0, **f32)
 
     def sweep_grid(meta):
@@ -89,7 +88,7 @@ def row_loss(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tens
 
     wrap_triton(forward_sweep_kernel(d_pad, fp32))[sweep_grid](
         features, centroids, labels, x_norm, w_norm,
-        max_part, sum_part, tcos_part, off_sum_part, off_pcos_part, off_o_part,
+        max_part, sum_part, tcos_part, off_sum_part, off_o_part,
         n_rows, n_classes, dim, classes_per_piece,
         features.stride(0), features.stride(1), centroids.stride(0), centroids.stride(1),
         s * LOG2E, s * m * LOG2E, **forward_sweep_keys(n_rows, n_classes),
@@ -100,29 +99,27 @@ def row_loss(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tens
     target_cos = torch.empty(n_rows, **f32)
     lse = torch.empty(n_rows, **f32)
     off_mass = torch.empty(n_rows, **f32) if need_dx else torch.empty(0, **f32)
-    off_pcos = torch.empty(n_rows, **f32) if need_dx else torch.empty(0, **f32)
     off_o = torch.empty(n_rows, dim, **f32) if need_dx else torch.empty(0, dim, **f32)
     wrap_triton(combine_pieces_kernel)[_rowwise_grid(n_rows)](
-        max_part, sum_part, tcos_part, off_sum_part, off_pcos_part, off_o_part,
-        row_am, target_cos, lse, off_mass, off_pcos, off_o,
+        max_part, sum_part, tcos_part, off_sum_part, off_o_part,
+        row_am, target_cos, lse, off_mass, off_o,
         n_rows, dim, n_pieces, s, s * m,
         NEED_DX=need_dx, BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
-    return row_am, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass
+    return row_am, target_cos, lse, x_norm, w_norm, off_o, off_mass
 
 
 @triton_op("pedcc_triton::row_loss_grad_features", mutates_args=())
 def row_loss_grad_features(grad_am: torch.Tensor, grad_cos: torch.Tensor, features: torch.Tensor,
                            centroids: torch.Tensor, labels: torch.Tensor, x_norm: torch.Tensor,
-                           w_norm: torch.Tensor, off_o: torch.Tensor, off_pcos: torch.Tensor,
-                           off_mass: torch.Tensor, target_cos: torch.Tensor, s: float) -> torch.Tensor:
+                           w_norm: torch.Tensor, off_o: torch.Tensor, off_mass: torch.Tensor,
+                           s: float) -> torch.Tensor:
     """dL/dfeatures (N, d) in features' dtype from per-row grads grad_am, grad_cos (N,) fp32 and the
     rows saved by row_loss; O(N*d), no pass over the centroids."""
     n_rows, dim = features.shape
     grad_x = torch.empty(n_rows, dim, dtype=features.dtype, device=features.device)
     wrap_triton(grad_features_kernel)[_rowwise_grid(n_rows)](
-        features, centroids, labels, x_norm, w_norm, off_o, off_pcos, off_mass, target_cos, grad_am, grad_cos,
-        grad_x, n_rows, centroids.shape[0], dim, features.stride(0), features.stride(1), centroids.stride(0),
-        centroids.stride(1), s,
+        features, centroids, labels, x_norm, w_norm, off_o, off_mass, grad_am, grad_cos, grad_x, n_rows,
+        centroids.shape[0], dim, features.stride(0), features.stride(1), centroids.stride(0), centroids.stride(1), s,
         BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
     return grad_x
 
@@ -161,8 +158,8 @@ def row_loss_grad_centroids(grad_am: torch.Tensor, grad_cos: torch.Tensor, featu
 
 def save_for_backward(ctx, inputs, output):
     features, centroids, labels, s, m, _ = inputs
-    _, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass = output
-    ctx.save_for_backward(features, centroids, labels, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass)
+    _, _, lse, x_norm, w_norm, off_o, off_mass = output
+    ctx.save_for_backward(features, centroids, labels, lse, x_norm, w_norm, off_o, off_mass)
     ctx.s, ctx.m = s, m
 
 
@@ -170,7 +167,7 @@ def backward_with(op_name, grad_centroids):
     """The autograd backward of a row-loss op (pedcc_triton::row_loss or its 'gemm' twin, same
     outputs): dL/dx from the saved rows, dL/dW by the op's own centroid pass `grad_centroids`."""
     def backward(ctx, grad_am, grad_cos, *unused_grads):
-        features, centroids, labels, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass = ctx.saved_tensors
+        features, centroids, labels, lse, x_norm, w_norm, off_o, off_mass = ctx.saved_tensors
         grad_am = torch.zeros_like(lse) if grad_am is None else grad_am.float().contiguous()
         grad_cos = torch.zeros_like(lse) if grad_cos is None else grad_cos.float().contiguous()
         grad_x = grad_w = None
@@ -179,7 +176,7 @@ def backward_with(op_name, grad_centroids):
                 raise RuntimeError(f"{op_name} ran with need_dx=False; call it with need_dx=True "
                                    "when features require grad")
             grad_x = row_loss_grad_features(grad_am, grad_cos, features, centroids, labels, x_norm, w_norm,
-                                            off_o, off_pcos, off_mass, target_cos, ctx.s)
+                                            off_o, off_mass, ctx.s)
         if ctx.needs_input_grad[1]:
             grad_w = grad_centroids(grad_am, grad_cos, features, centroids, labels, x_norm, w_norm,
                                     lse, ctx.s, ctx.m)

@@ -30,14 +30,14 @@ def _grad_slice(off_o, x, w_y, a_s, b, off_mass, inv_x_norm, inv_wy_norm):
 
 
 @triton.jit
-def grad_features_kernel(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, off_o_ptr, off_pcos_ptr, off_mass_ptr,
-                         tcos_ptr, grad_am_ptr, grad_cos_ptr, dx_ptr,
+def grad_features_kernel(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, off_o_ptr, off_mass_ptr,
+                         grad_am_ptr, grad_cos_ptr, dx_ptr,
                          n_rows, n_classes, dim, stride_xr, stride_xd, stride_wc, stride_wd, scale,
                          BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """dx_i = (G_i - (G_i . x^_i) x^_i) / ||x_i|| with G_i = sum_j g_ij w^_j, from the forward's
     off-target sums (O'_i = sum_{j != y} p_ij w^_j, q_i = 1 - p_iy): G_i = a_i s (O'_i - q_i w^_y) + b_i w^_y.
-    G_i . x^_i is the dot product of that G_i with x^_i (a first pass over d), not a sum carried from the
-    forward: so the projection removes all of the radial part of the G_i actually formed, whose
+    G_i . x^_i is the dot product of that G_i with x^_i (a first pass over d), not a sum of p_ij cos_ij
+    carried from the forward: so the projection removes all of the radial part of the G_i actually formed, whose
     rounding (half-precision probabilities in O') would otherwise leak into dx where G_i is nearly
     radial. G_i / eps where ||x_i|| <= eps (autograd of x / max(||x||, eps)). dx is written contiguous
     in dx_ptr's dtype. Labels outside [0, C) (possible with check_labels=False) read no memory."""

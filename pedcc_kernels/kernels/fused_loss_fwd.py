@@ -33,11 +33,11 @@ def margin_logits(cos, is_target, scale_log2, margin_log2):
 
 
 @triton.jit
-def off_target_terms(p, cos, is_target):
-    """The tile p with the targets zeroed, and its row sums of p and p cos: the off-target terms
-    dL/dx needs (sum_{j != y} p_ij w^_j, p_ij, p_ij cos_ij)."""
+def off_target_terms(p, is_target):
+    """The tile p with the targets zeroed, and its row sums: the off-target terms dL/dx needs
+    (sum_{j != y} p_ij w^_j and sum_{j != y} p_ij)."""
     p_off = tl.where(is_target, 0.0, p)
-    return p_off, tl.sum(p_off, axis=1), tl.sum(p_off * cos, axis=1)
+    return p_off, tl.sum(p_off, axis=1)
 
 
 @triton.jit
@@ -59,7 +59,7 @@ def row_norm_kernel(t_ptr, norm_ptr, n_rows, dim, stride_r, stride_d,
 # strides are, since their divisibility decides vectorised loads.
 @triton.jit(do_not_specialize=["n_rows", "n_classes", "classes_per_piece", "rows_key", "classes_key"])
 def _forward_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
-                   max_ptr, sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, off_o_ptr,
+                   max_ptr, sum_ptr, tcos_ptr, off_sum_ptr, off_o_ptr,
                    n_rows, n_classes, dim, classes_per_piece,
                    stride_xr, stride_xd, stride_wc, stride_wd,
                    scale_log2, margin_log2, rows_key, classes_key,
@@ -70,10 +70,10 @@ def _forward_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
 
     Writes, per (piece, row), with p_ij = 2^(z_ij log2(e) - max) relative to the piece's running max
     (log2 units): max, sum_j p_ij, the target cosine if the target is in the piece (else 0) and, when
-    NEED_DX, the off-target sums over j != y_i: sum p_ij, sum p_ij cos_ij and the O slice
-    sum p_ij w^_j. Leaving the target out keeps dL/dx accurate for confident rows: it needs
-    O_i - w^_y = (off-target O) - (off-target mass) w^_y, where subtracting w^_y from a full O rounded
-    through a half-precision GEMM would cancel to noise as p_iy -> 1.
+    NEED_DX, the off-target sums over j != y_i: sum p_ij and the O slice sum p_ij w^_j. Leaving the
+    target out keeps dL/dx accurate for confident rows: it needs O_i - w^_y = (off-target O) -
+    (off-target mass) w^_y, where subtracting w^_y from a full O rounded through a half-precision GEMM
+    would cancel to noise as p_iy -> 1.
     rows_key / classes_key only key the autotuner.
     """
     # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
@@ -107,7 +107,6 @@ def _forward_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
     run_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     target_cos = tl.zeros([BLOCK_M], dtype=tl.float32)
     off_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    off_pcos = tl.zeros([BLOCK_M], dtype=tl.float32)
     off_o = tl.zeros([BLOCK_M, D_SLICE], dtype=tl.float32)
     for c0 in range(c_begin, c_end, BLOCK_N):
         cols = c0 + n_local
@@ -130,15 +129,13 @@ def _forward_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
             rescale = tl.exp2(run_max - new_max)
             run_sum = run_sum * rescale
             off_sum = off_sum * rescale
-            off_pcos = off_pcos * rescale
             off_o = off_o * rescale[:, None]
             run_max = new_max
         p = tl.exp2(z - run_max[:, None])
         run_sum += tl.sum(p, axis=1)
         if NEED_DX:
-            p_off, tile_off_sum, tile_off_pcos = off_target_terms(p, cos, is_target)
+            p_off, tile_off_sum = off_target_terms(p, is_target)
             off_sum += tile_off_sum
-            off_pcos += tile_off_pcos
             if SAME_TILE:
                 w_out = w
             else:
@@ -156,7 +153,6 @@ def _forward_sweep(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
     tl.store(tcos_ptr + at, target_cos, mask=scalars_ok)
     if NEED_DX:
         tl.store(off_sum_ptr + at, off_sum, mask=scalars_ok)
-        tl.store(off_pcos_ptr + at, off_pcos, mask=scalars_ok)
         tl.store(off_o_ptr + at[:, None] * dim + d_out[None, :], off_o, mask=row_ok[:, None] & d_out_ok[None, :])
 
 
@@ -172,13 +168,13 @@ def forward_sweep_keys(n_rows: int, n_classes: int) -> dict:
 
 
 @triton.jit
-def combine_pieces_kernel(max_ptr, sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, off_o_part_ptr,
-                          row_am_ptr, target_cos_ptr, lse_ptr, off_mass_ptr, off_pcos_out_ptr, off_o_out_ptr,
+def combine_pieces_kernel(max_ptr, sum_ptr, tcos_ptr, off_sum_ptr, off_o_part_ptr,
+                          row_am_ptr, target_cos_ptr, lse_ptr, off_mass_ptr, off_o_out_ptr,
                           n_rows, dim, n_pieces, scale, margin_scaled,
                           NEED_DX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """Merge the pieces of the class sweep, in piece order, into per-row results: lse_i,
     row_am_i = lse_i - s (cos_iy - m), cos_iy and, when NEED_DX, the normalised off-target sums
-    1 - p_iy = sum_{j != y} p_ij, sum_{j != y} p_ij cos_ij and sum_{j != y} p_ij w^_j (fp32)."""
+    1 - p_iy = sum_{j != y} p_ij and sum_{j != y} p_ij w^_j (fp32)."""
     # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
     scale = tl.cast(scale, tl.float32)
     margin_scaled = tl.cast(margin_scaled, tl.float32)
@@ -190,7 +186,6 @@ def combine_pieces_kernel(max_ptr, sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr,
     total = tl.zeros([BLOCK_R], dtype=tl.float32)
     target_cos = tl.zeros([BLOCK_R], dtype=tl.float32)
     off_mass = tl.zeros([BLOCK_R], dtype=tl.float32)
-    off_pcos = tl.zeros([BLOCK_R], dtype=tl.float32)
     for k in range(0, n_pieces):
         at = k * n_rows + rows
         weight = tl.exp2(tl.load(max_ptr + at, mask=row_ok, other=0.0) - best)
@@ -198,14 +193,12 @@ def combine_pieces_kernel(max_ptr, sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr,
         target_cos += tl.load(tcos_ptr + at, mask=row_ok, other=0.0)
         if NEED_DX:
             off_mass += weight * tl.load(off_sum_ptr + at, mask=row_ok, other=0.0)
-            off_pcos += weight * tl.load(off_pcos_ptr + at, mask=row_ok, other=0.0)
     lse = (best + tl.log2(total)) * LN2
     tl.store(lse_ptr + rows, lse, mask=row_ok)
     tl.store(row_am_ptr + rows, lse - (target_cos * scale - margin_scaled), mask=row_ok)
     tl.store(target_cos_ptr + rows, target_cos, mask=row_ok)
     if NEED_DX:
         tl.store(off_mass_ptr + rows, off_mass / total, mask=row_ok)
-        tl.store(off_pcos_out_ptr + rows, off_pcos / total, mask=row_ok)
         for d0 in range(0, dim, BLOCK_D):
             ds = d0 + tl.arange(0, BLOCK_D)
             ok = row_ok[:, None] & (ds[None, :] < dim)

@@ -112,23 +112,23 @@ def chunk_pieces(n_rows: int, chunk_cols: int, device: torch.device) -> Tuple[in
 
 def _softmax_over_chunk(dots, probs, row_inputs, state, c0, s, m, need_dx, fold_product):
     """Launch the Triton work on one chunk's dot products (n_rows, width): probabilities into probs,
-    row sums folded into the running state (run_max, run_sum, target_cos, off_sum, off_pcos, off_o,
-    previous product), split over column pieces when the rows alone leave the GPU short."""
+    row sums folded into the running state (run_max, run_sum, target_cos, off_sum, off_o, previous
+    product), split over column pieces when the rows alone leave the GPU short."""
     n_rows, width = dots.shape
-    dim = state[5].shape[1]
+    dim = state[4].shape[1]
     f32 = dict(dtype=torch.float32, device=dots.device)
     piece_cols, n_pieces = chunk_pieces(n_rows, width, dots.device)
     split = n_pieces > 1
     row_blocks = triton.cdiv(n_rows, CHUNK_BLOCK_ROWS)
     scalars = (s * LOG2E, s * m * LOG2E)
-    # per (piece, row): max, target cosine, sum, off-target sum, off-target p cos (separate tensors:
-    # under torch.compile, kernels writing views of one buffer would copy it back each time)
-    parts = [torch.empty(n_pieces if split else 0, n_rows, **f32) for _ in range(5)]
+    # per (piece, row): max, target cosine, sum, off-target sum (separate tensors: under torch.compile,
+    # kernels writing views of one buffer would copy it back each time)
+    parts = [torch.empty(n_pieces if split else 0, n_rows, **f32) for _ in range(4)]
     if split:
         wrap_triton(chunk_piece_max_kernel)[(row_blocks, n_pieces)](
             dots, *row_inputs, parts[0], parts[1], n_rows, width, piece_cols, c0, *scalars,
             BLOCK_R=CHUNK_BLOCK_ROWS, BLOCK_C=CHUNK_BLOCK_COLS, num_warps=CHUNK_WARPS)
-    part_args = (parts[0], parts[2], parts[3], parts[4])  # empty and unread unless split
+    part_args = (parts[0], parts[2], parts[3])  # empty and unread unless split
     wrap_triton(chunk_softmax_kernel)[(row_blocks, n_pieces)](
         dots, probs, *row_inputs, *state, *part_args, n_rows, width, piece_cols, n_pieces, c0, dim, *scalars,
         NEED_DX=need_dx, FOLD_T=fold_product and not split, SPLIT=split, BLOCK_R=CHUNK_BLOCK_ROWS,
@@ -142,9 +142,9 @@ def _softmax_over_chunk(dots, probs, row_inputs, state, c0, s, m, need_dx, fold_
 @triton_op("pedcc_triton::row_loss_gemm", mutates_args=())
 def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, s: float, m: float,
                   need_dx: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                          torch.Tensor, torch.Tensor, torch.Tensor]:
+                                          torch.Tensor, torch.Tensor]:
     """pedcc_triton::row_loss computed with library GEMMs over chunks of classes (same inputs, same
-    outputs: row_am, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass, fp32).
+    outputs: row_am, target_cos, lse, x_norm, w_norm, off_o, off_mass, fp32).
 
     features (N, d) and centroids (C, d) fp16/bf16/fp32, any strides; the GEMMs run in the promoted
     dtype. labels (N,) int64 in [0, C).
@@ -162,7 +162,6 @@ def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch
     run_sum = torch.zeros(n_rows, **f32)
     target_cos = torch.zeros(n_rows, **f32)
     off_sum = torch.zeros(n_rows if need_dx else 0, **f32)
-    off_pcos = torch.zeros(n_rows if need_dx else 0, **f32)
     off_o = torch.zeros(n_rows if need_dx else 0, dim, **f32)
     chunk = chunk_classes(n_rows, n_classes, operand.itemsize)
     product = None
@@ -170,7 +169,7 @@ def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch
         w = centroids[c0:c0 + chunk].to(operand)
         dots = gemm_fp32_out(x, w.t())
         probs = torch.empty(dots.shape if need_dx else (0, 0), dtype=operand, device=device)
-        state = (run_max, run_sum, target_cos, off_sum, off_pcos, off_o, off_o if product is None else product)
+        state = (run_max, run_sum, target_cos, off_sum, off_o, off_o if product is None else product)
         _softmax_over_chunk(dots, probs, (labels, x_norm, w_norm[c0:]), state, c0, s, m, need_dx,
                             fold_product=product is not None)
         del dots  # the next chunk's buffers reuse the memory: the chunk budget holds in eager mode
@@ -182,10 +181,10 @@ def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch
     lse = torch.empty(n_rows, **f32)
     off_mass = torch.empty(n_rows if need_dx else 0, **f32)
     wrap_triton(chunk_finish_kernel)[_rowwise_grid(n_rows)](
-        run_max, run_sum, target_cos, off_sum, off_pcos, off_o, off_o if product is None else product,
+        run_max, run_sum, target_cos, off_sum, off_o, off_o if product is None else product,
         row_am, lse, off_mass, n_rows, dim, s, s * m,
         NEED_DX=need_dx, BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
-    return row_am, target_cos, lse, x_norm, w_norm, off_o, off_pcos, off_mass
+    return row_am, target_cos, lse, x_norm, w_norm, off_o, off_mass
 
 
 @triton_op("pedcc_triton::row_loss_gemm_grad_centroids", mutates_args=())

@@ -46,8 +46,8 @@ def _piece_max(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm, local_labels, col
 
 
 @triton.jit
-def _fold_chunk(rows, row_ok, old_max, new_max, chunk_sum, chunk_tcos, chunk_off_sum, chunk_off_pcos,
-                run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr, dim,
+def _fold_chunk(rows, row_ok, old_max, new_max, chunk_sum, chunk_tcos, chunk_off_sum,
+                run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, o_ptr, t_ptr, dim,
                 NEED_DX: tl.constexpr, FOLD_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """Fold a chunk's row sums (relative to new_max) into the running accumulators (relative to
     old_max until now); O first gets the previous chunk's product t (FOLD_T), then the rescale."""
@@ -59,8 +59,6 @@ def _fold_chunk(rows, row_ok, old_max, new_max, chunk_sum, chunk_tcos, chunk_off
     if NEED_DX:
         tl.store(off_sum_ptr + rows,
                  tl.load(off_sum_ptr + rows, mask=row_ok, other=0.0) * rescale + chunk_off_sum, mask=row_ok)
-        tl.store(off_pcos_ptr + rows,
-                 tl.load(off_pcos_ptr + rows, mask=row_ok, other=0.0) * rescale + chunk_off_pcos, mask=row_ok)
         for d0 in range(0, dim, BLOCK_D):
             ds = d0 + tl.arange(0, BLOCK_D)
             at = rows[:, None] * dim + ds[None, :]
@@ -121,8 +119,8 @@ def chunk_piece_max_kernel(dots_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, part_ma
 
 @triton.jit(do_not_specialize=["n_rows", "piece_cols", "n_pieces", "c0"])
 def chunk_softmax_kernel(dots_ptr, p_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
-                         run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr,
-                         part_max_ptr, part_sum_ptr, part_off_sum_ptr, part_off_pcos_ptr,
+                         run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, o_ptr, t_ptr,
+                         part_max_ptr, part_sum_ptr, part_off_sum_ptr,
                          n_rows, chunk_cols, piece_cols, n_pieces, c0, dim, scale_log2, margin_log2,
                          NEED_DX: tl.constexpr, FOLD_T: tl.constexpr, SPLIT: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -133,8 +131,8 @@ def chunk_softmax_kernel(dots_ptr, p_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
     max(run_max, chunk max) (log2 units), in p_ptr's dtype, for the caller's GEMM P W_chunk.
     Unsplit (one program per row block, all columns): finds the chunk max itself (a first pass) and
     folds the row sums into the running accumulators: run_max, run_sum, tcos (the target cosine,
-    when the target is in the chunk) and, when NEED_DX, the off-target sums over j != y_i, off_sum,
-    off_pcos and O (n_rows x dim, fp32), into which the previous chunk's product t = P_prev W_prev
+    when the target is in the chunk) and, when NEED_DX, the off-target sums over j != y_i, off_sum
+    and O (n_rows x dim, fp32), into which the previous chunk's product t = P_prev W_prev
     goes first (FOLD_T). SPLIT (a program per row block and piece of piece_cols columns): takes the
     chunk max from chunk_piece_max_kernel's pieces and writes its piece's row sums for
     chunk_merge_kernel, which folds them.
@@ -157,7 +155,6 @@ def chunk_softmax_kernel(dots_ptr, p_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
 
     chunk_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
     off_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
-    off_pcos = tl.zeros([BLOCK_R], dtype=tl.float32)
     for offset in range(0, n_cols, BLOCK_C):
         cols = col_begin + offset + tl.arange(0, BLOCK_C)
         cos, z, is_target, inv_w_norm, col_ok = _chunk_cosines(dots_ptr, w_norm_ptr, rows, row_ok, inv_x_norm,
@@ -166,9 +163,8 @@ def chunk_softmax_kernel(dots_ptr, p_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
         p = tl.exp2(z - new_max[:, None])
         chunk_sum += tl.sum(p, axis=1)
         if NEED_DX:
-            p_off, tile_off_sum, tile_off_pcos = off_target_terms(p, cos, is_target)
+            p_off, tile_off_sum = off_target_terms(p, is_target)
             off_sum += tile_off_sum
-            off_pcos += tile_off_pcos
             tl.store(p_ptr + rows[:, None] * chunk_cols + cols[None, :],
                      (p_off * inv_w_norm[None, :]).to(p_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & col_ok[None, :])
@@ -178,16 +174,15 @@ def chunk_softmax_kernel(dots_ptr, p_ptr, labels_ptr, x_norm_ptr, w_norm_ptr,
         tl.store(part_sum_ptr + at, chunk_sum, mask=row_ok)
         if NEED_DX:
             tl.store(part_off_sum_ptr + at, off_sum, mask=row_ok)
-            tl.store(part_off_pcos_ptr + at, off_pcos, mask=row_ok)
     else:
-        _fold_chunk(rows, row_ok, old_max, new_max, chunk_sum, target_cos, off_sum, off_pcos,
-                    run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr, dim,
+        _fold_chunk(rows, row_ok, old_max, new_max, chunk_sum, target_cos, off_sum,
+                    run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, o_ptr, t_ptr, dim,
                     NEED_DX, FOLD_T, BLOCK_D)
 
 
 @triton.jit
-def chunk_merge_kernel(part_max_ptr, part_tcos_ptr, part_sum_ptr, part_off_sum_ptr, part_off_pcos_ptr,
-                       run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr,
+def chunk_merge_kernel(part_max_ptr, part_tcos_ptr, part_sum_ptr, part_off_sum_ptr,
+                       run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, o_ptr, t_ptr,
                        n_rows, n_pieces, dim, NEED_DX: tl.constexpr, FOLD_T: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """Split chunks, last step: the pieces' row sums, added in piece order (deterministic), folded
@@ -199,26 +194,24 @@ def chunk_merge_kernel(part_max_ptr, part_tcos_ptr, part_sum_ptr, part_off_sum_p
     chunk_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
     chunk_tcos = tl.zeros([BLOCK_R], dtype=tl.float32)
     off_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
-    off_pcos = tl.zeros([BLOCK_R], dtype=tl.float32)
     for k in range(0, n_pieces):
         at = k * n_rows + rows
         chunk_sum += tl.load(part_sum_ptr + at, mask=row_ok, other=0.0)
         chunk_tcos += tl.load(part_tcos_ptr + at, mask=row_ok, other=0.0)
         if NEED_DX:
             off_sum += tl.load(part_off_sum_ptr + at, mask=row_ok, other=0.0)
-            off_pcos += tl.load(part_off_pcos_ptr + at, mask=row_ok, other=0.0)
-    _fold_chunk(rows, row_ok, old_max, new_max, chunk_sum, chunk_tcos, off_sum, off_pcos,
-                run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr, dim,
+    _fold_chunk(rows, row_ok, old_max, new_max, chunk_sum, chunk_tcos, off_sum,
+                run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, o_ptr, t_ptr, dim,
                 NEED_DX, FOLD_T, BLOCK_D)
 
 
 @triton.jit
-def chunk_finish_kernel(run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pcos_ptr, o_ptr, t_ptr,
+def chunk_finish_kernel(run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, o_ptr, t_ptr,
                         row_am_ptr, lse_ptr, off_mass_ptr, n_rows, dim, scale, margin_scaled,
                         NEED_DX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """After the last chunk: lse_i, row_am_i = lse_i - s (cos_iy - m) and, when NEED_DX, the
-    normalised off-target sums: off_mass = 1 - p_iy (new buffer), off_pcos and O (in place, the last
-    chunk's product t folded in)."""
+    normalised off-target sums: off_mass = 1 - p_iy (new buffer) and O (in place, the last chunk's
+    product t folded in)."""
     # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
     scale = tl.cast(scale, tl.float32)
     margin_scaled = tl.cast(margin_scaled, tl.float32)
@@ -231,7 +224,6 @@ def chunk_finish_kernel(run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, off_pco
     tl.store(row_am_ptr + rows, lse - (target_cos * scale - margin_scaled), mask=row_ok)
     if NEED_DX:
         tl.store(off_mass_ptr + rows, tl.load(off_sum_ptr + rows, mask=row_ok, other=0.0) / total, mask=row_ok)
-        tl.store(off_pcos_ptr + rows, tl.load(off_pcos_ptr + rows, mask=row_ok, other=0.0) / total, mask=row_ok)
         for d0 in range(0, dim, BLOCK_D):
             ds = d0 + tl.arange(0, BLOCK_D)
             at = rows[:, None] * dim + ds[None, :]
