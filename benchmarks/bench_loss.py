@@ -229,15 +229,15 @@ def make_case(p):
         classes = chunk_classes(n, c, dtype.itemsize)
         details = lambda: {"chunk_classes": classes}  # noqa: E731
     elif p["impl"] == "triton_epilogue":
-        details = epilogue_details(n, c, dtype, p["s"], p["m"])
+        details = epilogue_details(n, c, dtype, p["s"], p["m"], p["grad"] == "x+w")
     return Prepared(run=run, input_bytes=input_bytes, flop=2.0 * gemm_passes * n * c * d, check=check, note=note,
                     details=details)
 
 
-def epilogue_details(n, c, dtype, s, m):
+def epilogue_details(n, c, dtype, s, m, grad_w):
     """Which op the epilogue strategy ran ('epilogue', or 'gemm' where it does not apply), its
-    chunk and the autotuner's choice for its GEMM."""
-    from pedcc_kernels.kernels.epilogue_loss import MAX_CHUNK, applies, epilogue_kernel
+    chunk and the autotuner's choice for its GEMMs (the forward's, and dL/dW's with grad_w)."""
+    from pedcc_kernels.kernels.epilogue_loss import MAX_CHUNK, applies, epilogue_kernel, grad_epilogue_kernel
     from pedcc_kernels.kernels.fused_loss_config import fp32_operands
     from pedcc_kernels.kernels.gemm_loss import chunk_classes
 
@@ -245,10 +245,12 @@ def epilogue_details(n, c, dtype, s, m):
         classes = chunk_classes(n, c, dtype.itemsize)
         return lambda: {"op": "gemm", "chunk_classes": classes}
     classes = min(chunk_classes(n, c, dtype.itemsize, dot_bytes=0), MAX_CHUNK)
-    kernel = epilogue_kernel(fp32_operands(dtype))
-    known = autotune_keys(kernel)
+    kernels = {"logits_epilogue": epilogue_kernel(fp32_operands(dtype))}
+    if grad_w:
+        kernels["grad_logits_epilogue"] = grad_epilogue_kernel(fp32_operands(dtype))
+    known = {name: autotune_keys(kernel) for name, kernel in kernels.items()}
     return lambda: {"op": "epilogue", "chunk_classes": classes,
-                    "autotuning": {"logits_epilogue": autotune_report(kernel, known)}}
+                    "autotuning": {name: autotune_report(kernel, known[name]) for name, kernel in kernels.items()}}
 
 
 def sweep_autotuning(d, dtype, grad_w):

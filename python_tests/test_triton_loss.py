@@ -366,6 +366,9 @@ def test_gemm_chunk_setting_sizes_the_chunks(monkeypatch, strategy):
     assert gemm_loss.chunk_classes(1024, 100000, 2) == 2560
     assert gemm_loss.chunk_classes(1024, 1000, 4) == 1000
     assert gemm_loss.chunk_classes(10**6, 100000, 4) == gemm_loss.CHUNK_ALIGN
+    # dL/dW also keeps the chunk's fp32 gradient rows (chunk x d) within the budget: 16 MiB / (4 * 512)
+    assert gemm_loss.grad_chunk_classes(256, 10**6, 512, 2, dot_bytes=0) == 8192
+    assert gemm_loss.grad_chunk_classes(4096, 10**6, 512, 2) == 512  # 16 MiB / (4096 * 6), in 256s
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

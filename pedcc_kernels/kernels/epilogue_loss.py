@@ -8,11 +8,11 @@ and read by the second GEMM: 12 bytes a logit in bf16), which at N = 4096, C = 1
 some 1.5 ms of an H100's bandwidth. Here the dot products stay in registers: 4 bytes a logit in bf16
 (P written and read once). A row max cannot be known inside one tile, so each row gets a fixed
 reference before the sweep (epilogue_loss_kernels.py); where that is not safe for every input
-(fp16 operands, or a logit range s (2 + |m|) too wide for fp32, e.g. s = 64 with m = 0.35), the
-'gemm' strategy runs instead (reference_is_safe). Forward + dL/dx is 4 N C d FLOP. Memory: one chunk
-of N x chunk probabilities (CHUNK_BYTES, as 'gemm') and the tiles' row sums, plus O(N d); never
-N x C. dL/dW (when the centroids require it) runs the same way: an epilogue GEMM W_k x^T writes the
-logit gradients G_k^T (p from the saved lse), then a library GEMM G_k^T x.
+(fp16 operands, or a logit range s (2 + |m|) too wide for fp32, e.g. s = 64 with m = 0.35), and
+beyond MAX_ROWS rows, the 'gemm' strategy runs instead (applies()). Forward + dL/dx is 4 N C d FLOP.
+Memory: one chunk of N x chunk probabilities (CHUNK_BYTES, as 'gemm') and the tiles' row sums, plus
+O(N d); never N x C. dL/dW (when the centroids require it) runs the same way: an epilogue GEMM x W_k^T
+writes the logit gradients G_k^T (p from the saved lse), then a library GEMM G_k^T x.
 
 The op returns exactly what pedcc_triton::row_loss returns, so dL/dx reuses its O(N d) kernel.
 Unmeasured on a GPU so far: benchmarks/bench_loss.py times it as 'triton_epilogue'.
@@ -32,7 +32,7 @@ from .fused_loss_config import (AUTOTUNE, INTERPRET, ROWWISE_BLOCK_D, ROWWISE_BL
 from .epilogue_loss_kernels import (fold_tiles_kernel, grad_logits_epilogue_kernel, logits_epilogue_kernel,
                                     target_reference_kernel)
 from .fused_loss_bwd import grad_centroids_finish_kernel
-from .gemm_loss import chunk_classes, gemm_fp32_out
+from .gemm_loss import chunk_classes, gemm_fp32_out, grad_chunk_classes
 from .gemm_loss_kernels import chunk_finish_kernel
 
 # Largest term 2^HEADROOM_LOG2 relative to the reference: C terms of it stay below fp32's 2^128 for
@@ -72,11 +72,12 @@ def reference_is_safe(s: float, m: float, n_classes: int, operand: torch.dtype) 
 
 
 # Autotune candidates (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Half precision: the usual Hopper GEMM
-# tiles (a warp group's wgmma covers 64 rows); the epilogue adds an exp2 a logit and two row sums beside
-# the fp32 accumulator. ptxas (sm_90a, bf16, NEED_DX): no spills but 8 bytes at 128 x 256; registers
-# 212 (128 x 128, 8 warps: one program an SM), 139 / 157 (64 x 128 / 128 x 64, 4 warps: two an SM by
-# shared memory), 107 (64 x 64). fp32 operands (3xTF32 at torch's 'highest') take three tensor-core
-# passes and twice the shared memory a K chunk, so K chunks of 32 (126-184 registers, no spills).
+# tiles (a warp group's wgmma covers 64 rows); the epilogue adds an exp2 a logit and a row sum beside the
+# fp32 accumulator. ptxas (sm_90a, bf16, forward with NEED_DX / dL/dW): no spills; registers 173 / 220
+# (128 x 128, 8 warps: one program an SM), 126 / 170 and 123 / 153 (64 x 128 and 128 x 64, 4 warps: two
+# an SM by shared memory), 72 / 112 (64 x 64), 244 / 254 (128 x 256). fp32 operands (3xTF32 at torch's
+# 'highest') take three tensor-core passes and twice the shared memory a K chunk, so K chunks of 32
+# (126-184 registers, no spills).
 # Unmeasured: the autotuner decides on the GPU (the first candidate alone with PEDCC_TRITON_AUTOTUNE=0).
 HALF_CANDIDATES = [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 64, 4, 4),
                    (128, 256, 64, 8, 3)]
@@ -198,7 +199,7 @@ def row_loss_epilogue(features: torch.Tensor, centroids: torch.Tensor, labels: t
 def row_loss_epilogue_grad_centroids(grad_am: torch.Tensor, grad_cos: torch.Tensor, features: torch.Tensor,
                                      centroids: torch.Tensor, labels: torch.Tensor, x_norm: torch.Tensor,
                                      w_norm: torch.Tensor, lse: torch.Tensor, s: float, m: float) -> torch.Tensor:
-    """dL/dcentroids (C, d) in centroids' dtype, chunk by chunk: an epilogue GEMM W_k x^T that writes the
+    """dL/dcentroids (C, d) in centroids' dtype, chunk by chunk: an epilogue GEMM x W_k^T that writes the
     logit gradients G_k^T (p from the saved lse), the GEMM G_k^T x, then the chain through the
     normalisation of w (fp32 until the final store). N <= MAX_ROWS, as for the forward (int32 offsets in
     a G^T tile, row tiles on the grid's second axis)."""
@@ -210,18 +211,18 @@ def row_loss_epilogue_grad_centroids(grad_am: torch.Tensor, grad_cos: torch.Tens
     kernel = grad_epilogue_kernel(fp32_operands(features.dtype, centroids.dtype))
     upcast, precision = _upcast(features, centroids), dot_precision(features.dtype, centroids.dtype)
     grad_w = torch.empty(n_classes, dim, dtype=centroids.dtype, device=features.device)
-    chunk = min(chunk_classes(n_rows, n_classes, operand.itemsize, dot_bytes=0), MAX_CHUNK)
+    chunk = min(grad_chunk_classes(n_rows, n_classes, dim, operand.itemsize, dot_bytes=0), MAX_CHUNK)
     for c0 in range(0, n_classes, chunk):
         w = centroids[c0:c0 + chunk]
         width = w.shape[0]
         logit_grads_t = torch.empty(width, n_rows, dtype=operand, device=features.device)
 
         def grid(meta):
-            return (triton.cdiv(width, meta["BLOCK_M"]), triton.cdiv(n_rows, meta["BLOCK_N"]))
+            return (triton.cdiv(width, meta["BLOCK_N"]), triton.cdiv(n_rows, meta["BLOCK_M"]))
 
         wrap_triton(kernel)[grid](
-            w, features, labels, x_norm, w_norm[c0:], lse, grad_am, grad_cos, logit_grads_t, n_rows, width, c0, dim,
-            w.stride(0), w.stride(1), features.stride(0), features.stride(1), s, s * LOG2E, s * m * LOG2E,
+            features, w, labels, x_norm, w_norm[c0:], lse, grad_am, grad_cos, logit_grads_t, n_rows, width, c0, dim,
+            features.stride(0), features.stride(1), w.stride(0), w.stride(1), s, s * LOG2E, s * m * LOG2E,
             size_key(n_rows), UPCAST=upcast, PRECISION=precision)
         grad_w_hat = gemm_fp32_out(logit_grads_t, x)
         del logit_grads_t  # the next chunk's buffer reuses the memory: the chunk budget holds in eager mode

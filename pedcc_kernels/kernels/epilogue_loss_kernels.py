@@ -79,7 +79,8 @@ def _logits_epilogue(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, ref_ptr, 
     scale_log2 = tl.cast(scale_log2, tl.float32)
     # Offsets inside a tile are int32 (the caller keeps a tile's rows of x, W and P within 2^31
     # elements); only the tiles' base offsets are int64. Tiles of int64 pointers take registers the
-    # accumulator needs (ptxas, sm_90a, 128 x 128 at 8 warps: 222 registers with them, 212 without).
+    # accumulator needs (ptxas, sm_90a, 128 x 128 at 8 warps, when the epilogue still summed p cos too:
+    # 222 registers with them, 212 without).
     # Column tiles on the grid's first axis (up to 2^31 - 1 programs), row blocks on the second (65535).
     tile_col = tl.program_id(0)
     row0 = tl.program_id(1) * BLOCK_M
@@ -111,51 +112,52 @@ def _logits_epilogue(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, ref_ptr, 
                  (p_off * inv_w_norm[None, :]).to(p_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-# n_rows, chunk_cols and c0 bound masks and shift labels; n_rows is also G^T's row stride, specialised
-# like the forward's chunk_cols: its divisibility by 16 gives vectorised stores.
+# chunk_cols and c0 bound masks and shift labels; n_rows is also G^T's row stride, specialised like the
+# forward's chunk_cols: its divisibility by 16 gives vectorised stores.
 @triton.jit(do_not_specialize=["chunk_cols", "c0", "rows_key"])
-def _grad_logits_epilogue(w_ptr, x_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, lse_ptr, grad_am_ptr, grad_cos_ptr,
-                          g_t_ptr, n_rows, chunk_cols, c0, dim, stride_wc, stride_wd, stride_xr, stride_xd,
+def _grad_logits_epilogue(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, lse_ptr, grad_am_ptr, grad_cos_ptr,
+                          g_t_ptr, n_rows, chunk_cols, c0, dim, stride_xr, stride_xd, stride_wc, stride_wd,
                           scale, scale_log2, margin_log2, rows_key, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """dL/dW, one BLOCK_M x BLOCK_N tile (classes x rows) of a chunk of classes [c0, c0 + chunk_cols):
-    the dot products w_j . x_i (K loop over d, fp32), then in registers G^T[j, i] = g_ij / ||x_i||
-    (gemm_loss_kernels.logit_grads_over_x_norm, p from the saved lse), stored in g_t_ptr's dtype
-    ((chunk_cols, n_rows), contiguous) for the caller's GEMM G^T x. w_ptr points at the chunk's first
-    centroid, w_norm_ptr at its norm. rows_key only keys the autotuner."""
+    """dL/dW, one BLOCK_M x BLOCK_N tile (rows x classes, the forward's roles) of a chunk of classes
+    [c0, c0 + chunk_cols): the dot products x_i . w_j (K loop over d, fp32), then in registers
+    g_ij / ||x_i|| (gemm_loss_kernels.logit_grads_over_x_norm, p from the saved lse), stored transposed,
+    as G^T[j, i] in g_t_ptr's dtype ((chunk_cols, n_rows), contiguous), for the caller's GEMM G^T x.
+    (Tiles of classes x rows hold the five per-row vectors across the accumulator's columns: 255
+    registers and spills at sm_90a, against 126-244 without spills in this layout.) w_ptr points at
+    the chunk's first centroid, w_norm_ptr at its norm. rows_key only keys the autotuner."""
     # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
     scale = tl.cast(scale, tl.float32)
     scale_log2 = tl.cast(scale_log2, tl.float32)
     margin_log2 = tl.cast(margin_log2, tl.float32)
-    # int32 offsets inside the tile from int64 bases, as in _logits_epilogue.
-    col0 = tl.program_id(0) * BLOCK_M
-    row0 = tl.program_id(1) * BLOCK_N
+    # int32 offsets inside the tile from int64 bases, and the grid's axes, as in _logits_epilogue.
+    col0 = tl.program_id(0) * BLOCK_N
+    row0 = tl.program_id(1) * BLOCK_M
     m_local = tl.arange(0, BLOCK_M)
     n_local = tl.arange(0, BLOCK_N)
-    cols = col0 + m_local
-    rows = row0 + n_local
-    col_ok = cols < chunk_cols
+    rows = row0 + m_local
     row_ok = rows < n_rows
-    w_base = w_ptr + col0.to(tl.int64) * stride_wc
+    col_ok = col0 + n_local < chunk_cols
     x_base = x_ptr + row0.to(tl.int64) * stride_xr
-    dots_t = sliced_dot_t(w_base, m_local, col_ok, stride_wc, stride_wd, x_base, n_local, row_ok, stride_xr,
-                          stride_xd, dim, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
-    inv_w_norm = 1.0 / tl.maximum(tl.load(w_norm_ptr + cols, mask=col_ok, other=1.0), NORM_EPS)
+    w_base = w_ptr + col0.to(tl.int64) * stride_wc
+    dots = sliced_dot_t(x_base, m_local, row_ok, stride_xr, stride_xd, w_base, n_local, col_ok, stride_wc,
+                        stride_wd, dim, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
     inv_x_norm = 1.0 / tl.maximum(tl.load(x_norm_ptr + rows, mask=row_ok, other=1.0), NORM_EPS)
-    local_labels = local_target(labels_ptr, rows, row_ok, c0 + col0, BLOCK_M)
-    is_target = m_local[:, None] == local_labels[None, :]
+    inv_w_norm = 1.0 / tl.maximum(tl.load(w_norm_ptr + col0 + n_local, mask=col_ok, other=1.0), NORM_EPS)
+    cos = dots * inv_x_norm[:, None] * inv_w_norm[None, :]
+    is_target = n_local[None, :] == local_target(labels_ptr, rows, row_ok, c0 + col0, BLOCK_N)[:, None]
     lse_log2 = tl.load(lse_ptr + rows, mask=row_ok, other=0.0) * LOG2E
     a_s = tl.load(grad_am_ptr + rows, mask=row_ok, other=0.0) * scale
     b = tl.load(grad_cos_ptr + rows, mask=row_ok, other=0.0)
-    g = logit_grads_over_x_norm(dots_t, inv_w_norm, inv_x_norm, is_target, lse_log2, a_s, b, scale_log2,
-                                margin_log2)
+    g = logit_grads_over_x_norm(cos, is_target, lse_log2[:, None], a_s[:, None], b[:, None], inv_x_norm[:, None],
+                                scale_log2, margin_log2)
     g_base = g_t_ptr + col0.to(tl.int64) * n_rows + row0
-    tl.store(g_base + m_local[:, None] * n_rows + n_local[None, :], g.to(g_t_ptr.dtype.element_ty),
-             mask=col_ok[:, None] & row_ok[None, :])
+    tl.store(g_base + n_local[None, :] * n_rows + m_local[:, None], g.to(g_t_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
 
 
 def grad_logits_epilogue_kernel(configs):
-    """The dL/dW epilogue GEMM, autotuned over `configs` (BLOCK_M classes, BLOCK_N rows, BLOCK_K)."""
+    """The dL/dW epilogue GEMM, autotuned over `configs` (BLOCK_M rows, BLOCK_N classes, BLOCK_K)."""
     return triton.autotune(configs=configs, key=["dim", "rows_key"])(_grad_logits_epilogue)
 
 

@@ -22,8 +22,9 @@ from .tile_dot import load_rows, sliced_dot_t
 @triton.jit
 def _grad_slice(off_o, x, w_y, a_s, b, off_mass, inv_x_norm, inv_wy_norm):
     """A column slice of G_i = a_i s (O'_i - q_i w^_y) + b_i w^_y and of x^_i (fp32) from the loaded
-    slices of O', x and w_y. (The loads stay in the kernel: torch.compile's analysis of what a user
-    kernel writes gives up on pointers passed to a helper and would copy those tensors each call.)"""
+    slices of O', x and w_y. (The loads stay in the kernel: with them in this helper, torch.compile's
+    analysis of what the kernel writes took x_ptr and w_ptr for written, and each call cloned the
+    features and the centroids; the compile trace test caught it.)"""
     w_y = w_y.to(tl.float32) * inv_wy_norm[:, None]
     g = a_s[:, None] * (off_o - off_mass[:, None] * w_y) + b[:, None] * w_y
     return g, x.to(tl.float32) * inv_x_norm[:, None]

@@ -81,6 +81,15 @@ def chunk_classes(n_rows: int, n_classes: int, operand_bytes: int, dot_bytes: in
     return min(n_classes, max(CHUNK_ALIGN, chunk_bytes() // per_class // CHUNK_ALIGN * CHUNK_ALIGN))
 
 
+def grad_chunk_classes(n_rows: int, n_classes: int, dim: int, operand_bytes: int, dot_bytes: int = 4) -> int:
+    """Classes per chunk of a dL/dW pass: chunk_classes, and no more than the chunk_bytes() budget holds
+    of the chunk's fp32 gradient rows (chunk x d, the G^T x product)."""
+    chunk = chunk_classes(n_rows, n_classes, operand_bytes, dot_bytes)
+    if INTERPRET:
+        return chunk
+    return min(chunk, max(CHUNK_ALIGN, chunk_bytes() // (4 * max(1, dim)) // CHUNK_ALIGN * CHUNK_ALIGN))
+
+
 def _mm_has_out_dtype() -> bool:
     major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
     return (major, minor) >= (2, 8)
@@ -199,7 +208,7 @@ def row_loss_gemm_grad_centroids(grad_am: torch.Tensor, grad_cos: torch.Tensor, 
     operand = torch.promote_types(features.dtype, centroids.dtype)
     x = features.to(operand)
     grad_w = torch.empty(n_classes, dim, dtype=centroids.dtype, device=features.device)
-    chunk = chunk_classes(n_rows, n_classes, operand.itemsize)
+    chunk = grad_chunk_classes(n_rows, n_classes, dim, operand.itemsize)
     for c0 in range(0, n_classes, chunk):
         w_chunk = centroids[c0:c0 + chunk]
         width = w_chunk.shape[0]

@@ -233,14 +233,14 @@ def chunk_finish_kernel(run_max_ptr, run_sum_ptr, tcos_ptr, off_sum_ptr, o_ptr, 
 
 
 @triton.jit
-def logit_grads_over_x_norm(dots_t, inv_w_norm, inv_x_norm, is_target, lse_log2, a_s, b, scale_log2, margin_log2):
-    """g_ij / ||x_i|| on a (classes x rows) tile of dot products w_j . x_i, with
-    g_ij = a_i s (p_ij - [j == y_i]) + b_i [j == y_i] and p recomputed from the saved lse (log2 units);
-    a_s = a_i s and b_i are the per-row gradients of the row terms."""
-    cos = dots_t * inv_w_norm[:, None] * inv_x_norm[None, :]
-    p = tl.exp2(margin_logits(cos, is_target, scale_log2, margin_log2) - lse_log2[None, :])
-    g = a_s[None, :] * (p - tl.where(is_target, 1.0, 0.0)) + tl.where(is_target, b[None, :], 0.0)
-    return g * inv_x_norm[None, :]
+def logit_grads_over_x_norm(cos, is_target, lse_log2, a_s, b, inv_x_norm, scale_log2, margin_log2):
+    """g_ij / ||x_i|| on a tile of cosines, with g_ij = a_i s (p_ij - [j == y_i]) + b_i [j == y_i] and p
+    recomputed from the saved lse (log2 units); a_s = a_i s and b_i are the per-row gradients of the
+    row terms. The per-row operands come already shaped for the tile's layout ([:, None] when rows
+    run down the tile, [None, :] when across)."""
+    p = tl.exp2(margin_logits(cos, is_target, scale_log2, margin_log2) - lse_log2)
+    g = a_s * (p - tl.where(is_target, 1.0, 0.0)) + tl.where(is_target, b, 0.0)
+    return g * inv_x_norm
 
 
 @triton.jit(do_not_specialize=["chunk_cols", "c0"])
@@ -269,8 +269,8 @@ def chunk_grad_logits_kernel(dots_t_ptr, g_t_ptr, labels_ptr, x_norm_ptr, w_norm
     b = tl.load(grad_cos_ptr + rows, mask=row_ok, other=0.0)
     at = cols[:, None] * n_rows + rows[None, :]
     ok = col_ok[:, None] & row_ok[None, :]
-    dots_t = tl.load(dots_t_ptr + at, mask=ok, other=0.0)
+    cos = tl.load(dots_t_ptr + at, mask=ok, other=0.0) * inv_w_norm[:, None] * inv_x_norm[None, :]
     is_target = cols[:, None] == local_labels[None, :]
-    g = logit_grads_over_x_norm(dots_t, inv_w_norm, inv_x_norm, is_target, lse_log2, a_s, b, scale_log2,
-                                margin_log2)
+    g = logit_grads_over_x_norm(cos, is_target, lse_log2[None, :], a_s[None, :], b[None, :], inv_x_norm[None, :],
+                                scale_log2, margin_log2)
     tl.store(g_t_ptr + at, g.to(g_t_ptr.dtype.element_ty), mask=ok)
