@@ -75,12 +75,13 @@ def reference_is_safe(s: float, m: float, n_classes: int, operand: torch.dtype) 
 # tiles (a warp group's wgmma covers 64 rows); the epilogue adds an exp2 a logit and a row sum beside the
 # fp32 accumulator. ptxas (sm_90a, bf16, forward with NEED_DX / dL/dW): no spills; registers 173 / 220
 # (128 x 128, 8 warps: one program an SM), 126 / 170 and 123 / 153 (64 x 128 and 128 x 64, 4 warps: two
-# an SM by shared memory), 72 / 112 (64 x 64), 244 / 254 (128 x 256). fp32 operands (3xTF32 at torch's
+# an SM by shared memory), 72 / 112 (64 x 64: small C still fills the GPU), 244 / 254 (128 x 256), 205
+# (128 x 128 in K steps of 128: d = 512 in 4 steps instead of 8). fp32 operands (3xTF32 at torch's
 # 'highest') take three tensor-core passes and twice the shared memory a K chunk, so K chunks of 32
 # (126-184 registers, no spills).
 # Unmeasured: the autotuner decides on the GPU (the first candidate alone with PEDCC_TRITON_AUTOTUNE=0).
 HALF_CANDIDATES = [(128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (64, 64, 64, 4, 4),
-                   (128, 256, 64, 8, 3)]
+                   (128, 256, 64, 8, 3), (128, 128, 128, 8, 2)]
 FP32_CANDIDATES = [(64, 64, 32, 4, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3)]
 # Under the interpreter, tiles of 8 x 8 with K chunks of 16: the tiny test shapes (chunks of 16
 # classes, gemm_loss.INTERPRET_CHUNK) cover several tiles, partial ones and a K loop.
