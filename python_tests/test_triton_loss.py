@@ -455,7 +455,7 @@ def test_epilogue_strategy_falls_back_where_its_reference_is_unsafe(strategy):
 
 def widest_safe_scale(m, n_classes):
     """The largest s (to 0.1) at which the 'epilogue' op takes bf16 operands, for m >= 0."""
-    from pedcc_kernels.kernels.epilogue_loss import reference_is_safe
+    from pedcc_kernels.kernels.fixed_reference import reference_is_safe
 
     s = 0.1
     while reference_is_safe(s + 0.1, m, n_classes, torch.bfloat16):
@@ -472,7 +472,7 @@ def test_rows_at_the_ends_of_the_logit_range(dtype, m):
     largest term far below the reference), and confident rows. The row sums must neither overflow
     nor lose their terms; dL/dx is exactly radial before the projection (every centroid is collinear
     with the row), so any radial rounding left in it shows. Every strategy is held to this."""
-    from pedcc_kernels.kernels.epilogue_loss import HEADROOM_LOG2, logit_range, reference_is_safe
+    from pedcc_kernels.kernels.fixed_reference import HEADROOM_LOG2, logit_range, reference_is_safe
     from pedcc_kernels.kernels.fused_loss import LOG2E
 
     n_classes, dim = (3000, 64) if ON_GPU else (37, 20)

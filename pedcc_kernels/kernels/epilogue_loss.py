@@ -18,7 +18,6 @@ The op returns exactly what pedcc_triton::row_loss returns, so dL/dx reuses its 
 Unmeasured on a GPU so far: benchmarks/bench_loss.py times it as 'triton_epilogue'.
 """
 import functools
-import math
 from typing import Tuple
 
 import torch
@@ -29,46 +28,15 @@ from .fused_loss import (LOG2E, _row_norms, _rowwise_grid, _tile_addressable, _u
                          save_for_backward)
 from .fused_loss_config import (AUTOTUNE, INTERPRET, ROWWISE_BLOCK_D, ROWWISE_BLOCK_ROWS, ROWWISE_WARPS,
                                 dot_precision, fp32_operands, size_key)
-from .epilogue_loss_kernels import (fold_tiles_kernel, grad_logits_epilogue_kernel, logits_epilogue_kernel,
-                                    target_reference_kernel)
+from .epilogue_loss_kernels import fold_tiles_kernel, grad_logits_epilogue_kernel, logits_epilogue_kernel
+from .fixed_reference import reference_is_safe, row_references
 from .fused_loss_bwd import grad_centroids_finish_kernel
 from .gemm_loss import chunk_classes, gemm_fp32_out, grad_chunk_classes
 from .gemm_loss_kernels import chunk_finish_kernel
 
-# Largest term 2^HEADROOM_LOG2 relative to the reference: C terms of it stay below fp32's 2^128 for
-# C < 2^27, and bf16 (fp32's exponent range) holds each.
-HEADROOM_LOG2 = 100.0
-# Relative error allowed from terms flushed to zero below fp32's 2^-126 (ptxas flushes exp2.approx's
-# subnormals), against the row's largest term: 2^-30.
-FLUSH_LOG2 = 126.0 - 30.0
-
-
-def logit_range(s: float, m: float) -> Tuple[float, float]:
-    """(lowest, highest) logit there can be: s cos off the target, s (cos - m) on it, cos in [-1, 1]."""
-    return min(-s, -s - s * m), max(s, s - s * m)
-
-
 def applies(s: float, m: float, n_rows: int, n_classes: int, operand: torch.dtype) -> bool:
     """Whether the epilogue op takes this call: a safe reference and at most MAX_ROWS rows."""
     return n_rows <= MAX_ROWS and reference_is_safe(s, m, n_classes, operand)
-
-
-def reference_is_safe(s: float, m: float, n_classes: int, operand: torch.dtype) -> bool:
-    """Whether the fixed reference keeps every row's sum exact to fp32 rounding for any inputs
-    (centroids of norm above 2^-27: P = p / ||w|| holds terms up to 2^HEADROOM; PEDCC centroids are
-    unit vectors, and a smaller norm turns the gradient inf/NaN, never silently wrong).
-
-    With R_i = max(z_iy, z_max - HEADROOM) every term is at most 2^HEADROOM, and the largest term of a
-    row is at least 2^(HEADROOM - span), span = (z_max - z_min) log2(e): the target's own term when
-    R_i was raised. Terms below 2^-126 flush to zero, C of them at most, which must stay 2^-30 under
-    that largest term. Half operands: bf16 holds 2^HEADROOM, fp16 (max 65504) does not."""
-    if operand not in (torch.bfloat16, torch.float32):
-        return False
-    low, high = logit_range(s, m)
-    log2_classes = math.log2(max(2, n_classes))
-    if log2_classes + HEADROOM_LOG2 >= 127.0:
-        return False
-    return (high - low) * LOG2E <= HEADROOM_LOG2 + FLUSH_LOG2 - log2_classes
 
 
 # Autotune candidates (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Half precision: the usual Hopper GEMM
@@ -143,15 +111,8 @@ def row_loss_epilogue(features: torch.Tensor, centroids: torch.Tensor, labels: t
     x_norm = _row_norms(features)
     w_norm = _row_norms(centroids)
 
-    target_cos = torch.empty(n_rows, **f32)
-    ref = torch.empty(n_rows, **f32)
-    run_sum = torch.empty(n_rows, **f32)
-    low, high = logit_range(s, m)
-    wrap_triton(target_reference_kernel)[_rowwise_grid(n_rows)](
-        features, centroids, labels, x_norm, w_norm, target_cos, ref, run_sum, n_rows, n_classes, dim,
-        features.stride(0), features.stride(1), centroids.stride(0), centroids.stride(1),
-        s * LOG2E, s * m * LOG2E, high * LOG2E - HEADROOM_LOG2,
-        BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
+    # run_sum starts with the target's own term; the epilogue sums the others.
+    target_cos, ref, run_sum = row_references(features, centroids, labels, x_norm, w_norm, s, m)
 
     off_sum = torch.zeros(n_rows if need_dx else 0, **f32)
     off_o = torch.zeros(n_rows if need_dx else 0, dim, **f32)

@@ -1,14 +1,9 @@
 """Triton kernels of the 'epilogue' strategy of the fused PEDCC-Loss: the cosine GEMM of a chunk of
 classes with the softmax in its epilogue, so the fp32 dot products never reach memory.
 
-What makes a one-pass epilogue possible is a reference fixed per row before the sweep: R_i = the
-target logit z_{i,y_i} (log2 units, from an O(N d) kernel), raised to z_max - HEADROOM_LOG2 when the
-target logit is far below the largest logit there can be (z_max = s log2(e) max(1, 1 - m)). Every
-term 2^(z_ij - R_i) is then at most 2^HEADROOM, with no running max and no rescaling; the row sum
-holds the target's own term, 1 unless R_i was raised. The caller (epilogue_loss.py) takes this path
-only when the logit range s (2 + |m|) log2(e) leaves the sum clear of fp32's underflow in every case
-(reference_is_safe), and for bf16/fp32 operands only (the probabilities are written in the operand
-dtype, and fp16 cannot hold 2^HEADROOM).
+What makes a one-pass epilogue possible is a reference fixed per row before the sweep
+(fixed_reference.py): every term 2^(z_ij - R_i) is then bounded, with no running max and no
+rescaling. The caller (epilogue_loss.py) takes this path only where that is safe for any input.
 """
 import triton
 import triton.language as tl
@@ -25,39 +20,6 @@ def local_target(labels_ptr, rows, row_ok, first_class, n_classes_here):
     far out of range must not wrap into the tile)."""
     local = tl.load(labels_ptr + rows, mask=row_ok, other=-1) - first_class
     return tl.where((local >= 0) & (local < n_classes_here), local, -1).to(tl.int32)
-
-
-@triton.jit
-def target_reference_kernel(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, tcos_ptr, ref_ptr, run_sum_ptr,
-                            n_rows, n_classes, dim, stride_xr, stride_xd, stride_wc, stride_wd,
-                            scale_log2, margin_log2, floor_log2, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Per row: the target cosine cos_{i,y_i} (fp32 dot of the raw rows, any dtypes and strides), the
-    reference R_i = max(z_{i,y_i}, floor_log2) and the row sum's first term, the target's
-    2^(z_{i,y_i} - R_i). Labels outside [0, C) (possible with check_labels=False) read no memory."""
-    # Under torch.compile, Inductor passes Python floats as fp64 scalars: fp32 keeps the loop types.
-    scale_log2 = tl.cast(scale_log2, tl.float32)
-    margin_log2 = tl.cast(margin_log2, tl.float32)
-    floor_log2 = tl.cast(floor_log2, tl.float32)
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_ok = rows < n_rows
-    labels = tl.load(labels_ptr + rows, mask=row_ok, other=0)
-    label_ok = row_ok & (labels >= 0) & (labels < n_classes)
-    dot = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for d0 in range(0, dim, BLOCK_D):
-        ds = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (ds[None, :] < dim)
-        x = tl.load(x_ptr + rows[:, None] * stride_xr + ds[None, :] * stride_xd, mask=ok, other=0.0)
-        w = tl.load(w_ptr + labels[:, None] * stride_wc + ds[None, :] * stride_wd, mask=ok & label_ok[:, None],
-                    other=0.0)
-        dot += tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=1)
-    x_norm = tl.maximum(tl.load(x_norm_ptr + rows, mask=row_ok, other=1.0), NORM_EPS)
-    w_norm = tl.maximum(tl.load(w_norm_ptr + labels, mask=label_ok, other=1.0), NORM_EPS)
-    cos = dot / x_norm / w_norm
-    z_target = cos * scale_log2 - margin_log2
-    ref = tl.maximum(z_target, floor_log2)  # a NaN z_target gives floor_log2; the NaN cosines carry on
-    tl.store(tcos_ptr + rows, cos, mask=row_ok)
-    tl.store(ref_ptr + rows, ref, mask=row_ok)
-    tl.store(run_sum_ptr + rows, tl.exp2(z_target - ref), mask=row_ok)
 
 
 # n_rows and c0 only bound masks and shift labels: not specialised (one compiled variant for all batch
