@@ -157,7 +157,8 @@ def test_triton_ops_trace_into_their_kernels(strategy):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    # sweep: forward = two row-norm kernels, the class sweep, the merge; backward = dL/dx, dL/dW sweep
+    # sweep: forward = two row-norm kernels, the per-row reference (fixed_reference.py; at these s, m
+    # and dtypes it applies), the class sweep, the merge; backward = dL/dx, dL/dW sweep
     # and finish. gemm (3 chunks): forward = two row norms, a softmax kernel per chunk between the
     # GEMMs x W^T and P W, the finish; backward = dL/dx, then per chunk the logit gradients and the
     # dL/dW finish, between the GEMMs W x^T and G^T x. epilogue (3 chunks): forward = two row norms, the
@@ -165,7 +166,7 @@ def test_triton_ops_trace_into_their_kernels(strategy):
     # the finish; backward = dL/dx, then per chunk an epilogue GEMM for the logit gradients and the
     # dL/dW finish, with the GEMM G^T x between them.
     chunks = 0 if strategy == "sweep" else 3
-    forward_kernels = {"sweep": 4, "gemm": 3 + chunks, "epilogue": 4 + 2 * chunks}[strategy]
+    forward_kernels = {"sweep": 5, "gemm": 3 + chunks, "epilogue": 4 + 2 * chunks}[strategy]
     assert report["forward"]["kernels"] == forward_kernels, report
     assert report["backward"]["kernels"] == (1 + 2 * chunks if chunks else 3), report
     # (the model's Linear adds an addmm to the forward and one mm, its weight gradient, to the backward)

@@ -23,6 +23,7 @@ from .fused_loss_config import (INTERPRET, MAX_TILE_ROWS, NOMINAL_BLOCK, ROWWISE
                                 split_evenly)
 from .fused_loss_fwd import (combine_pieces_kernel, forward_sweep_keys, forward_sweep_kernel,
                              row_norm_kernel)
+from .fixed_reference import reference_is_safe, row_references
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -75,6 +76,9 @@ def row_loss(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tens
     d_pad, fp32 = padded_dim(dim), fp32_operands(features.dtype, centroids.dtype)
     x_norm = _row_norms(features)
     w_norm = _row_norms(centroids)
+    # A fixed per-row reference where it is safe (bf16/fp32 operands, moderate s): no running max.
+    fixed = reference_is_safe(s, m, n_classes, torch.promote_types(features.dtype, centroids.dtype))
+    ref = row_references(features, centroids, labels, x_norm, w_norm, s, m)[1] if fixed else torch.empty(0, **f32)
 
     classes_per_piece, n_pieces = split_evenly(n_classes, triton.cdiv(n_rows, NOMINAL_BLOCK), device)
     max_part = torch.empty(n_pieces, n_rows, **f32)
@@ -88,11 +92,11 @@ def row_loss(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tens
 
     wrap_triton(forward_sweep_kernel(d_pad, fp32))[sweep_grid](
         features, centroids, labels, x_norm, w_norm,
-        max_part, sum_part, tcos_part, off_sum_part, off_o_part,
+        max_part, sum_part, tcos_part, off_sum_part, off_o_part, ref,
         n_rows, n_classes, dim, classes_per_piece,
         features.stride(0), features.stride(1), centroids.stride(0), centroids.stride(1),
         s * LOG2E, s * m * LOG2E, **forward_sweep_keys(n_rows, n_classes),
-        NEED_DX=need_dx, UPCAST=_upcast(features, centroids),
+        NEED_DX=need_dx, FIXED_REF=fixed, UPCAST=_upcast(features, centroids),
         PRECISION=dot_precision(features.dtype, centroids.dtype), D_PAD=d_pad)
 
     row_am = torch.empty(n_rows, **f32)

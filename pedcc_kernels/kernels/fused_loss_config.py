@@ -136,8 +136,10 @@ def _gpu_candidates(d_pad: int, fp32: bool) -> list:
                 tile_config(64, 32, 256, 256, 4, 3), tile_config(128, 32, 64, 128, 8, 3)]
     if d_pad == 512:
         # ptxas (sm_90a, bf16, unit strides) serialises the wgmma of the full-K 64 x 32 tiles (warning
-        # C7515) and spills 130-190 bytes there; the sliced 64-row tiles neither spill nor serialise,
-        # so one of them comes first (the only one with PEDCC_TRITON_AUTOTUNE=0). On the H200 the
+        # C7515: the running max's rescale of O between wgmmas) and spills 130-190 bytes there; with the
+        # fixed reference (fixed_reference.py: no rescale) they do not serialise and spill 16-88 bytes.
+        # The sliced 64-row tiles neither spill nor serialise in either mode, so one of them comes first
+        # (the only one with PEDCC_TRITON_AUTOTUNE=0). On the H200 the
         # first list reached 60-88 TFLOP/s (bf16, C=100000); the autotuner's choice is in the GPU log.
         # (64, 32, 64, 512): all of d in one slice (one cosine GEMM instead of two) with a K loop; no
         # spills since the forward stopped summing p cos (36 bytes before), no serialised wgmma
