@@ -492,6 +492,23 @@ def test_rows_at_the_ends_of_the_logit_range(dtype, m):
     check_against_truth(x.to(DEVICE, dtype), y.to(DEVICE), w.to(DEVICE, dtype), f"ends m={m} {dtype}", s=s, m=m)
 
 
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed-reference", "running-max"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_sweep_reference_modes(dtype, fixed, monkeypatch, strategy):
+    """The sweep's two ways of scaling the exponents, on the same inputs: the fixed per-row reference
+    (its default where safe) and the running max (fp16 and wide logit ranges; forced here for bf16 and
+    fp32, which otherwise never take it at this s)."""
+    if strategy != "sweep":
+        pytest.skip("sweep only")
+    from pedcc_kernels.kernels import fused_loss
+
+    assert fused_loss.reference_is_safe(30.0, 0.5, 50, dtype)  # the default for these inputs is the fixed one
+    monkeypatch.setattr(fused_loss, "reference_is_safe", lambda *args: fixed)
+    shape = (257, 2500, 512) if ON_GPU else (21, 50, 40)
+    x, y, w = make_inputs(*shape, seed=21, x_dtype=dtype, ignore_index=-100)
+    check_against_truth(x, y, w, f"{'fixed' if fixed else 'running'} {dtype}", s=30.0)
+
+
 def test_unknown_strategy_is_refused(monkeypatch, strategy):
     if strategy != "sweep":
         pytest.skip("one run is enough")
