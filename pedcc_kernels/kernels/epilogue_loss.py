@@ -71,8 +71,11 @@ MIN_BLOCK_N = min(c[1] for c in candidates(False) + candidates(True))
 MAX_TILE_ROWS = max(max(c[0], c[1]) for c in candidates(False) + candidates(True))
 MAX_CHUNK = 2**31 // MAX_TILE_ROWS
 MAX_ROWS = min(MAX_CHUNK, 65535 * min(min(c[0], c[1]) for c in candidates(False) + candidates(True)))
-# Tiles' row sums the fold adds per load.
-FOLD_BLOCK_TILES = 32
+# Tiles' row sums the fold adds per load. Its loop of plain loads is latency-bound (no pipelining), and
+# a small batch has few row blocks: at N = 128, C = 100000 (1563 slots) loads of 32 slots would chain 49
+# round trips (~50 us, as long as the GEMM work); 256 slots (16 KB a load) make it 7. Under the
+# interpreter one slot a load, so the tiny tests loop.
+FOLD_BLOCK_TILES = 1 if INTERPRET else 256
 
 
 def _configs(fp32: bool) -> list:
