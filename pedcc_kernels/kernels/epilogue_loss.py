@@ -7,7 +7,7 @@ Why a third strategy: the 'gemm' strategy (gemm_loss.py) moves each logit throug
 and read by the second GEMM: 12 bytes a logit in bf16), which at N = 4096, C = 100000 is about 5 GB,
 some 1.5 ms of an H100's bandwidth. Here the dot products stay in registers: 4 bytes a logit in bf16
 (P written and read once). A row max cannot be known inside one tile, so each row gets a fixed
-reference before the sweep (epilogue_loss_kernels.py); where that is not safe for every input
+reference before the sweep (fixed_reference.py); where that is not safe for every input
 (fp16 operands, or a logit range s (2 + |m|) too wide for fp32, e.g. s = 64 with m = 0.35), and
 beyond MAX_ROWS rows, the 'gemm' strategy runs instead (applies()). Forward + dL/dx is 4 N C d FLOP.
 Memory: one chunk of N x chunk probabilities (CHUNK_BYTES, as 'gemm') and the tiles' row sums, plus
@@ -33,6 +33,7 @@ from .fixed_reference import reference_is_safe, row_references
 from .fused_loss_bwd import grad_centroids_finish_kernel
 from .gemm_loss import chunk_classes, gemm_fp32_out, grad_chunk_classes
 from .gemm_loss_kernels import chunk_finish_kernel
+
 
 def applies(s: float, m: float, n_rows: int, n_classes: int, operand: torch.dtype) -> bool:
     """Whether the epilogue op takes this call: a safe reference and at most MAX_ROWS rows."""
@@ -91,7 +92,7 @@ def epilogue_kernel(fp32: bool):
 
 @functools.lru_cache(maxsize=None)
 def grad_epilogue_kernel(fp32: bool):
-    """The dL/dW epilogue GEMM (tiles of classes x rows) over the same candidates."""
+    """The dL/dW epilogue GEMM (tiles of rows x classes, stored transposed) over the same candidates."""
     return grad_logits_epilogue_kernel(_configs(fp32))
 
 
