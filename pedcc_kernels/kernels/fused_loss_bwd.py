@@ -56,25 +56,22 @@ def grad_features_kernel(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, off_o
     inv_wy_norm = 1.0 / tl.maximum(tl.load(w_norm_ptr + labels, mask=label_ok, other=1.0), NORM_EPS)
     off_mass = tl.load(off_mass_ptr + rows, mask=row_ok, other=0.0)
     radial = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for d0 in range(0, dim, BLOCK_D):
-        ds = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (ds[None, :] < dim)
-        g, x_hat = _grad_slice(tl.load(off_o_ptr + rows[:, None] * dim + ds[None, :], mask=ok, other=0.0),
-                               tl.load(x_ptr + rows[:, None] * stride_xr + ds[None, :] * stride_xd, mask=ok, other=0.0),
-                               tl.load(w_ptr + labels[:, None] * stride_wc + ds[None, :] * stride_wd,
-                                       mask=ok & label_ok[:, None], other=0.0),
-                               a_s, b, off_mass, inv_x_norm, inv_wy_norm)
-        radial += tl.sum(g * x_hat, axis=1)
-    for d0 in range(0, dim, BLOCK_D):
-        ds = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (ds[None, :] < dim)
-        g, x_hat = _grad_slice(tl.load(off_o_ptr + rows[:, None] * dim + ds[None, :], mask=ok, other=0.0),
-                               tl.load(x_ptr + rows[:, None] * stride_xr + ds[None, :] * stride_xd, mask=ok, other=0.0),
-                               tl.load(w_ptr + labels[:, None] * stride_wc + ds[None, :] * stride_wd,
-                                       mask=ok & label_ok[:, None], other=0.0),
-                               a_s, b, off_mass, inv_x_norm, inv_wy_norm)
-        dx = tl.where(above[:, None], g - radial[:, None] * x_hat, g) * inv_x_norm[:, None]
-        tl.store(dx_ptr + rows[:, None] * dim + ds[None, :], dx.to(dx_ptr.dtype.element_ty), mask=ok)
+    # Two passes over d, unrolled: the first sums G . x^, the second writes the projection.
+    for phase in tl.static_range(2):
+        for d0 in range(0, dim, BLOCK_D):
+            ds = d0 + tl.arange(0, BLOCK_D)
+            ok = row_ok[:, None] & (ds[None, :] < dim)
+            g, x_hat = _grad_slice(
+                tl.load(off_o_ptr + rows[:, None] * dim + ds[None, :], mask=ok, other=0.0),
+                tl.load(x_ptr + rows[:, None] * stride_xr + ds[None, :] * stride_xd, mask=ok, other=0.0),
+                tl.load(w_ptr + labels[:, None] * stride_wc + ds[None, :] * stride_wd, mask=ok & label_ok[:, None],
+                        other=0.0),
+                a_s, b, off_mass, inv_x_norm, inv_wy_norm)
+            if phase == 0:
+                radial += tl.sum(g * x_hat, axis=1)
+            else:
+                dx = tl.where(above[:, None], g - radial[:, None] * x_hat, g) * inv_x_norm[:, None]
+                tl.store(dx_ptr + rows[:, None] * dim + ds[None, :], dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit(do_not_specialize=["n_rows", "n_classes", "rows_per_piece", "rows_key", "classes_key"])
