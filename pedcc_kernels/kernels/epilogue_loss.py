@@ -31,8 +31,7 @@ from .fused_loss_config import (AUTOTUNE, INTERPRET, ROWWISE_BLOCK_D, ROWWISE_BL
 from .epilogue_loss_kernels import fold_tiles_kernel, grad_logits_epilogue_kernel, logits_epilogue_kernel
 from .fixed_reference import reference_is_safe, row_references
 from .fused_loss_bwd import grad_centroids_finish_kernel
-from .gemm_loss import chunk_classes, gemm_fp32_out, grad_chunk_classes
-from .gemm_loss_kernels import chunk_finish_kernel
+from .gemm_loss import chunk_classes, finish_rows, gemm_fp32_out, grad_chunk_classes
 
 
 def applies(s: float, m: float, n_rows: int, n_classes: int, operand: torch.dtype) -> bool:
@@ -150,14 +149,8 @@ def row_loss_epilogue(features: torch.Tensor, centroids: torch.Tensor, labels: t
             product = gemm_fp32_out(probs, w.to(operand))
         del probs  # the next chunk's buffer reuses the memory: the chunk budget holds in eager mode
 
-    row_am = torch.empty(n_rows, **f32)
-    lse = torch.empty(n_rows, **f32)
-    off_mass = torch.empty(n_rows if need_dx else 0, **f32)
     # The 'gemm' finish with the reference as the (never rescaled) running max.
-    wrap_triton(chunk_finish_kernel)[_rowwise_grid(n_rows)](
-        ref, run_sum, target_cos, off_sum, off_o, off_o if product is None else product,
-        row_am, lse, off_mass, n_rows, dim, s, s * m,
-        NEED_DX=need_dx, BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
+    row_am, lse, off_mass = finish_rows(ref, run_sum, target_cos, off_sum, off_o, product, s, m, need_dx)
     return row_am, target_cos, lse, x_norm, w_norm, off_o, off_mass
 
 

@@ -186,6 +186,16 @@ def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch
             product = gemm_fp32_out(probs, w)
         del probs
 
+    row_am, lse, off_mass = finish_rows(run_max, run_sum, target_cos, off_sum, off_o, product, s, m, need_dx)
+    return row_am, target_cos, lse, x_norm, w_norm, off_o, off_mass
+
+
+def finish_rows(run_max, run_sum, target_cos, off_sum, off_o, product, s, m, need_dx):
+    """After the last chunk: (row_am, lse, off_mass) from the running row sums (relative to run_max,
+    log2 units); off_o gets the last chunk's product (None when there was none) and the
+    normalisation, in place."""
+    n_rows, dim = target_cos.shape[0], off_o.shape[1]
+    f32 = dict(dtype=torch.float32, device=target_cos.device)
     row_am = torch.empty(n_rows, **f32)
     lse = torch.empty(n_rows, **f32)
     off_mass = torch.empty(n_rows if need_dx else 0, **f32)
@@ -193,7 +203,7 @@ def row_loss_gemm(features: torch.Tensor, centroids: torch.Tensor, labels: torch
         run_max, run_sum, target_cos, off_sum, off_o, off_o if product is None else product,
         row_am, lse, off_mass, n_rows, dim, s, s * m,
         NEED_DX=need_dx, BLOCK_R=ROWWISE_BLOCK_ROWS, BLOCK_D=ROWWISE_BLOCK_D, num_warps=ROWWISE_WARPS)
-    return row_am, target_cos, lse, x_norm, w_norm, off_o, off_mass
+    return row_am, lse, off_mass
 
 
 @triton_op("pedcc_triton::row_loss_gemm_grad_centroids", mutates_args=())
