@@ -92,7 +92,10 @@ def _grad_logits_epilogue(x_ptr, w_ptr, labels_ptr, x_norm_ptr, w_norm_ptr, lse_
     scale = tl.cast(scale, tl.float32)
     scale_log2 = tl.cast(scale_log2, tl.float32)
     margin_log2 = tl.cast(margin_log2, tl.float32)
-    # int32 offsets inside the tile from int64 bases, and the grid's axes, as in _logits_epilogue.
+    # int32 offsets inside the tile from int64 bases, and the grid's axes, as in _logits_epilogue. (This
+    # setup is not a helper shared with it: torch.compile's analysis of what a kernel writes took the
+    # pointer parameters passed to such a helper (w_ptr, w_norm_ptr) for written, and functionalising the
+    # chunk views failed in the compile trace test.)
     col0 = tl.program_id(0) * BLOCK_N
     row0 = tl.program_id(1) * BLOCK_M
     m_local = tl.arange(0, BLOCK_M)
