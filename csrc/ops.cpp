@@ -7,9 +7,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "nbody.h"
 
@@ -75,12 +79,16 @@ int parse_potential(c10::string_view name, double param, double shift) {
 // becomes the default only once a GPU run has matched and timed it; the optimisers use the Triton
 // kernel (pedcc_kernels/kernels/nbody_sweep.py) meanwhile.
 // On CPU, 'tensor_core' runs both products with bf16 operands (oneDNN: AVX512-BF16/AMX where the
-// CPU has them; benchmarks/results has the op at 1.7x its fp32 rate on a 2-core AMD EPYC).
+// CPU has them; benchmarks/results has the op at 1.7x its fp32 rate on a 2-core AMD EPYC), and
+// 'bf16x3' (CPU only) takes the Gram product from split operands, hi + lo (see nbody_cpu_impl).
+enum Operands { kExactOperands = 0, kBf16Operands = 1, kSplitBf16Operands = 2 };
+
 int parse_impl(c10::string_view name) {
   const std::string s(name);
-  if (s == "auto" || s == "simt") return 0;
-  if (s == "tensor_core") return 1;
-  TORCH_CHECK_VALUE(false, "nbody_forces: impl must be 'auto', 'simt' or 'tensor_core', got '", s, "'");
+  if (s == "auto" || s == "simt") return kExactOperands;
+  if (s == "tensor_core") return kBf16Operands;
+  if (s == "bf16x3") return kSplitBf16Operands;
+  TORCH_CHECK_VALUE(false, "nbody_forces: impl must be 'auto', 'simt', 'tensor_core' or 'bf16x3', got '", s, "'");
   return -1;
 }
 
@@ -97,83 +105,286 @@ int64_t rows_per_tile(int64_t C, int64_t elem_size) {
   return std::max<int64_t>(16, std::min<int64_t>(1024, budget / std::max<int64_t>(1, C * elem_size)));
 }
 
-// Overwrites a (rows x C) Gram tile, kept as S (T, or bf16 with bf16 operands: no conversion pass
-// either way), by the pair weights phi'(c), 0 on the diagonal, and writes each row's largest cosine
-// and energy. The tile holds c - gram_offset.
-template <typename T, typename S>
-void weigh_gram_tile(S* wp, int64_t rows, int64_t C, int64_t r0, int kind, T param, T pair_shift, T gram_offset,
-                     T* mp, T* ep) {
-  at::parallel_for(0, rows, 8, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      S* row = wp + i * C;
-      T best = -std::numeric_limits<T>::infinity();
-      T e_sum = 0;
-      const int64_t self = r0 + i;
-      for (int64_t j = 0; j < C; ++j) {
-        if (j == self) {
-          row[j] = S(0);
-          continue;
-        }
-        const T c = static_cast<T>(row[j]);
-        best = c > best ? c : best;
-        T phi, dphi;
-        pair_potential<T>(kind, param, pair_shift, c, &phi, &dphi);
-        e_sum += phi;
-        row[j] = static_cast<S>(dphi);
-      }
-      mp[i] = best + gram_offset;
-      ep[i] = e_sum;
-    }
-  });
+// Columns per task of weigh_tile: each task owns whole columns, so their statistics need no merge.
+constexpr int64_t kColumnBlock = 256;
+
+// The lse potential in float, the optimisers' case, has a branch-free loop below: expf is a library
+// call that no loop vectorises, and near the maximum whether a pair's exponent underflows is a coin
+// toss per pair, so branches mispredict. On x86-64 Linux the loop is compiled for AVX-512, AVX2 and
+// the baseline, picked when the library loads (GCC/Clang function multiversioning).
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define PEDCC_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define PEDCC_CPU_CLONES
+#endif
+
+inline float float_from_bits(uint32_t bits) {
+  float v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
 }
 
+inline uint32_t bits_of(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return bits;
+}
+
+// Round to nearest even, NaN kept: what c10::BFloat16(float) does, as plain integer arithmetic.
+inline uint16_t bf16_bits(float v) {
+  const uint32_t b = bits_of(v);
+  const uint32_t rounded = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
+  return v == v ? static_cast<uint16_t>(rounded) : uint16_t(0x7FC0);
+}
+
+inline float value_of(float v) { return v; }
+inline float value_of(uint16_t bf16) { return float_from_bits(uint32_t(bf16) << 16); }
+inline void store(float* dst, float v) { *dst = v; }
+inline void store(uint16_t* dst, float v) { *dst = bf16_bits(v); }
+
+// e^u for u in [kLseExponentFloor, kLseExponentCap], within about 2 ulp of expf: u = n ln2 + r with
+// |r| <= ln2 / 2 (ln2 in two parts, Cody and Waite), e^r by its Taylor polynomial of degree 7
+// (remainder below 1e-8), 2^n from the exponent bits.
+inline float exp_in_range(float u) {
+  const float round = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  const float n = (u * 1.44269504f + round) - round;
+  const float r = (u - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return p * float_from_bits(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+}
+
+// pair_potential's lse branch for one row's n cosines (the tile holds c - gram_offset; pair_shift
+// is shift - gram_offset), weights stored in place, the row's largest cosine and energy returned and
+// the columns' merged into cmax / csum. `self` is the diagonal's index in the segment (or -1). The
+// row's statistics are kept per lane of 16 columns (the inner loop is one vector on AVX-512) and
+// merged at the end, so no loop carries a reduction.
+constexpr int kLanes = 16;
+
+template <typename S>
+inline __attribute__((always_inline)) void lse_pair(S* __restrict__ row, int64_t k, int64_t self, float pair_shift,
+                                                    float param, float top, float* __restrict__ cmax,
+                                                    float* __restrict__ csum, float& best, float& total) {
+  const float cap = static_cast<float>(kLseExponentCap), floor = kLseExponentFloor;
+  const float lowest = -std::numeric_limits<float>::infinity();
+  const float c = value_of(row[k]);
+  const float u = (c - pair_shift) / param;
+  const bool keep = u == u;  // NaN flows through the selects below, not through exp_in_range
+  const float clamped = u > cap ? cap : (u < floor ? floor : (keep ? u : 0.0f));
+  const float e = exp_in_range(clamped);
+  float phi = u > cap ? top * (1.0f + u - cap) : (u < floor ? 0.0f : (keep ? e : u));
+  float dphi = u > cap ? top / param : (u < floor ? 0.0f : (keep ? e / param : u));
+  const bool pair = k != self;
+  phi = pair ? phi : 0.0f;
+  dphi = pair ? dphi : 0.0f;
+  const float cos = pair ? c : lowest;
+  store(row + k, dphi);
+  best = cos > best ? cos : best;
+  total += phi;
+  cmax[k] = cos > cmax[k] ? cos : cmax[k];
+  csum[k] += phi;
+}
+
+template <typename S>
+inline __attribute__((always_inline)) void lse_row(S* __restrict__ row, int64_t n, int64_t self, float pair_shift,
+                                                   float param, float* __restrict__ cmax, float* __restrict__ csum,
+                                                   float* row_best, float* row_energy) {
+  float best[kLanes], total[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    best[l] = -std::numeric_limits<float>::infinity();
+    total[l] = 0.0f;
+  }
+  const float top = std::exp(static_cast<float>(kLseExponentCap));  // where phi continues linearly
+  int64_t k0 = 0;
+  for (; k0 + kLanes <= n; k0 += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      lse_pair(row, k0 + l, self, pair_shift, param, top, cmax, csum, best[l], total[l]);
+    }
+  }
+  for (int64_t k = k0; k < n; ++k) {
+    lse_pair(row, k, self, pair_shift, param, top, cmax, csum, best[k - k0], total[k - k0]);
+  }
+  float b = best[0], t = total[0];
+  for (int l = 1; l < kLanes; ++l) {
+    b = best[l] > b ? best[l] : b;
+    t += total[l];
+  }
+  *row_best = b;
+  *row_energy = t;
+}
+
+PEDCC_CPU_CLONES void lse_row_float(float* row, int64_t n, int64_t self, float pair_shift, float param, float* cmax,
+                                    float* csum, float* row_best, float* row_energy) {
+  lse_row(row, n, self, pair_shift, param, cmax, csum, row_best, row_energy);
+}
+
+// bf16 tiles go through a float copy of the segment (n <= kColumnBlock): loops that mix 16- and
+// 32-bit lanes with the potential's selects did not vectorise (GCC 12), these three do.
+PEDCC_CPU_CLONES void lse_row_bf16(uint16_t* __restrict__ row, int64_t n, int64_t self, float pair_shift, float param,
+                                   float* cmax, float* csum, float* row_best, float* row_energy) {
+  float values[kColumnBlock];
+  for (int64_t k = 0; k < n; ++k) values[k] = value_of(row[k]);
+  lse_row(values, n, self, pair_shift, param, cmax, csum, row_best, row_energy);
+  for (int64_t k = 0; k < n; ++k) row[k] = bf16_bits(values[k]);
+}
+
+// The fast path where there is one (float lse), else false.
+template <typename T, typename S>
+bool lse_row_fast(S* row, int64_t n, int64_t self, int kind, T pair_shift, T param, T* cmax, T* csum, T* best,
+                  T* energy) {
+  if constexpr (std::is_same<T, float>::value && std::is_same<S, float>::value) {
+    if (kind == kLse) lse_row_float(row, n, self, pair_shift, param, cmax, csum, best, energy);
+    return kind == kLse;
+  } else if constexpr (std::is_same<T, float>::value && std::is_same<S, at::BFloat16>::value) {
+    if (kind == kLse) {
+      lse_row_bf16(reinterpret_cast<uint16_t*>(row), n, self, pair_shift, param, cmax, csum, best, energy);
+    }
+    return kind == kLse;
+  } else {
+    return false;
+  }
+}
+
+// Overwrites a (rows x width) Gram tile, rows r0.. against columns r0.. (kept as S: T, or bf16 with
+// bf16 operands: no conversion pass either way), by the pair weights phi'(c), 0 on the diagonal. The
+// tile holds c - gram_offset. Each row's largest cosine and energy over the tile are merged into
+// row_max / row_energy. Columns j >= rows (the points right of the tile's diagonal block, which no
+// later tile pairs with these rows) merge theirs into col_max / col_energy (arrays starting at
+// column `rows`): the pair (i, j) counts for both of its points.
+template <typename T, typename S>
+void weigh_tile(S* wp, int64_t rows, int64_t width, int kind, T param, T pair_shift, T gram_offset, T* row_max,
+                T* row_energy, T* col_max, T* col_energy) {
+  const int64_t blocks = (width + kColumnBlock - 1) / kColumnBlock;
+  std::vector<T> part_max(blocks * rows), part_energy(blocks * rows);
+  const T lowest = -std::numeric_limits<T>::infinity();
+  at::parallel_for(0, blocks, 1, [&](int64_t lo, int64_t hi) {
+    T cmax[kColumnBlock], csum[kColumnBlock];
+    for (int64_t b = lo; b < hi; ++b) {
+      const int64_t j0 = b * kColumnBlock, n = std::min(kColumnBlock, width - j0);
+      std::fill(cmax, cmax + n, lowest);
+      std::fill(csum, csum + n, T(0));
+      for (int64_t i = 0; i < rows; ++i) {
+        S* row = wp + i * width + j0;
+        T best = lowest, e_sum = 0;
+        const int64_t self = i >= j0 && i < j0 + n ? i - j0 : -1;
+        if (lse_row_fast<T, S>(row, n, self, kind, pair_shift, param, cmax, csum, &best, &e_sum)) {
+          part_max[b * rows + i] = best;
+          part_energy[b * rows + i] = e_sum;
+          continue;
+        }
+        for (int64_t k = 0; k < n; ++k) {
+          if (k == self) {
+            row[k] = S(0);
+            continue;
+          }
+          const T c = static_cast<T>(row[k]);
+          T phi, dphi;
+          pair_potential<T>(kind, param, pair_shift, c, &phi, &dphi);
+          row[k] = static_cast<S>(dphi);
+          best = c > best ? c : best;
+          e_sum += phi;
+          cmax[k] = c > cmax[k] ? c : cmax[k];
+          csum[k] += phi;
+        }
+        part_max[b * rows + i] = best;
+        part_energy[b * rows + i] = e_sum;
+      }
+      for (int64_t k = std::max<int64_t>(0, rows - j0); k < n; ++k) {
+        const int64_t j = j0 + k - rows;
+        col_max[j] = std::max(col_max[j], cmax[k] + gram_offset);
+        col_energy[j] += csum[k];
+      }
+    }
+  });
+  for (int64_t i = 0; i < rows; ++i) {  // blocks in order: the sums do not depend on the threads
+    T best = lowest, e_sum = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      best = std::max(best, part_max[b * rows + i]);
+      e_sum += part_energy[b * rows + i];
+    }
+    row_max[i] = std::max(row_max[i], best + gram_offset);
+    row_energy[i] += e_sum;
+  }
+}
+
+// One pass over the pairs (i <= j) in row tiles: the Gram tile of rows r0.. against columns r0..
+// (the upper triangle, half the products of the full matrix), the pair weights in place, then the pull
+// sum_j phi'(c_ij) x_j of both sides, rows from the whole tile and columns j >= r0 + rows from its
+// part right of the diagonal block (the diagonal block is square: its pairs reach both points as rows).
+// Operands of the Gram product: T (exact), bf16 (about 1e-4 on the cosines), or split bf16:
+// x = hi + lo, both bf16, and [hi, hi, lo] . [hi, lo, hi] (one product, three times as deep) gives
+// the cosines to about 1e-6 (lo . lo and the rounding of lo are what is left). The pull product takes
+// bf16 operands in both bf16 modes: its weights are bf16 already.
 template <typename T>
-void nbody_cpu_impl(const at::Tensor& X, int kind, T param, T shift, bool bf16_operands, at::Tensor& forces,
+void nbody_cpu_impl(const at::Tensor& X, int kind, T param, T shift, int operands, at::Tensor& forces,
                     at::Tensor& max_cos, at::Tensor& energy) {
   const int64_t C = X.size(0), d = X.size(1);
-  const int64_t tile = rows_per_tile(C, sizeof(T));
-  // The operands of both products; the weights and the tangent projection stay in T.
-  const at::Tensor Xg = bf16_operands ? X.to(at::kBFloat16) : X;
-  // With bf16 operands the Gram product also comes back in bf16, rounded to 2^-9 of its value. For
-  // a shifted lse an extra feature (-shift on the left, 1 on the right) makes the product c - shift
-  // instead: then the rounding is relative to the distance from the shift, small exactly for the
-  // pairs whose weights count (near the largest cosine at a small temperature).
-  at::Tensor left = Xg, right = Xg;
+  const bool bf16 = operands != kExactOperands;
+  const int64_t tile = rows_per_tile(C, bf16 ? 2 : sizeof(T));
+  const at::Tensor hi = bf16 ? X.to(at::kBFloat16) : X;  // the pull's operand
+  at::Tensor left = hi, right = hi;
+  if (operands == kSplitBf16Operands) {
+    const at::Tensor lo = (X - hi.to(X.scalar_type())).to(at::kBFloat16);
+    left = at::cat({hi, hi, lo}, 1);
+    right = at::cat({hi, lo, hi}, 1);
+  }
+  // A bf16 product also comes back in bf16, rounded to 2^-9 of its value. For a shifted lse extra
+  // features (-shift on the left, 1 on the right) make the product c - shift instead: then the
+  // rounding is relative to the distance from the shift, small exactly for the pairs whose weights
+  // count (near the largest cosine at a small temperature). Split operands split the shift too.
   T gram_offset = 0;  // what the product lacks of the cosine: c = product + gram_offset
-  if (bf16_operands && kind == kLse && shift != 0) {
-    gram_offset = static_cast<T>(static_cast<float>(c10::BFloat16(static_cast<float>(shift))));
-    left = at::cat({Xg, at::full({C, 1}, -double(gram_offset), Xg.options())}, 1);
-    right = at::cat({Xg, at::ones({C, 1}, Xg.options())}, 1);
+  if (bf16 && kind == kLse && shift != 0) {
+    const float shift_hi = static_cast<float>(c10::BFloat16(static_cast<float>(shift)));
+    std::vector<double> offsets = {shift_hi};
+    if (operands == kSplitBf16Operands) {
+      offsets.push_back(static_cast<float>(c10::BFloat16(static_cast<float>(shift - T(shift_hi)))));
+    }
+    for (const double offset : offsets) {
+      gram_offset += static_cast<T>(offset);
+      left = at::cat({left, at::full({C, 1}, -offset, left.options())}, 1);
+      right = at::cat({right, at::ones({C, 1}, right.options())}, 1);
+    }
   }
   const T pair_shift = shift - gram_offset;
-  const at::Tensor right_t = right.t();
-  const T* xp = X.data_ptr<T>();
+  max_cos.fill_(-std::numeric_limits<double>::infinity());
+  energy.zero_();
+  at::Tensor pull = at::zeros_like(X);
+  T* mp = max_cos.data_ptr<T>();
+  T* ep = energy.data_ptr<T>();
   for (int64_t r0 = 0; r0 < C; r0 += tile) {
-    const int64_t rows = std::min(tile, C - r0);
-    // Gram tile through BLAS, then overwritten in place by the pair weights phi'(cos).
-    at::Tensor W = at::mm(left.narrow(0, r0, rows), right_t);
-    T* mp = max_cos.data_ptr<T>() + r0;
-    T* ep = energy.data_ptr<T>() + r0;
-    if (bf16_operands) {
-      weigh_gram_tile<T>(W.data_ptr<at::BFloat16>(), rows, C, r0, kind, param, pair_shift, gram_offset, mp, ep);
+    const int64_t rows = std::min(tile, C - r0), width = C - r0, beyond = width - rows;
+    at::Tensor W = at::mm(left.narrow(0, r0, rows), right.narrow(0, r0, width).t());
+    if (bf16) {
+      weigh_tile<T>(W.data_ptr<at::BFloat16>(), rows, width, kind, param, pair_shift, gram_offset, mp + r0, ep + r0,
+                    mp + r0 + rows, ep + r0 + rows);
     } else {
-      weigh_gram_tile<T>(W.data_ptr<T>(), rows, C, r0, kind, param, pair_shift, gram_offset, mp, ep);
+      weigh_tile<T>(W.data_ptr<T>(), rows, width, kind, param, pair_shift, gram_offset, mp + r0, ep + r0,
+                    mp + r0 + rows, ep + r0 + rows);
     }
-    // rows x d: sum_j phi'(cos_ij) x_j
-    at::Tensor A = at::mm(W, Xg).to(X.scalar_type());
-    const T* ap = A.data_ptr<T>();
-    T* fp = forces.data_ptr<T>() + r0 * d;
-    at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        const T* a = ap + i * d;
-        const T* x = xp + (r0 + i) * d;
-        T radial = 0;
-        for (int64_t k = 0; k < d; ++k) radial += a[k] * x[k];
-        T* f = fp + i * d;
-        for (int64_t k = 0; k < d; ++k) f[k] = -(a[k] - radial * x[k]);
-      }
-    });
+    pull.narrow(0, r0, rows).add_(at::mm(W, hi.narrow(0, r0, width)));
+    if (beyond > 0) {
+      pull.narrow(0, r0 + rows, beyond).add_(at::mm(W.narrow(1, rows, beyond).t(), hi.narrow(0, r0, rows)));
+    }
   }
+  const T* xp = X.data_ptr<T>();
+  const T* ap = pull.data_ptr<T>();
+  T* fp = forces.data_ptr<T>();
+  at::parallel_for(0, C, 16, [&](int64_t lo, int64_t hi_row) {
+    for (int64_t i = lo; i < hi_row; ++i) {
+      const T* a = ap + i * d;
+      const T* x = xp + i * d;
+      T radial = 0;
+      for (int64_t k = 0; k < d; ++k) radial += a[k] * x[k];
+      T* f = fp + i * d;
+      for (int64_t k = 0; k < d; ++k) f[k] = -(a[k] - radial * x[k]);
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> nbody_forces_cpu(const at::Tensor& points,
@@ -183,14 +394,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nbody_forces_cpu(const at::Tensor
   TORCH_CHECK_TYPE(points.scalar_type() == at::kFloat || points.scalar_type() == at::kDouble,
                    "nbody_forces: points must be float32 or float64 on CPU, got ", points.scalar_type());
   const int kind = parse_potential(potential, param, shift);
-  const bool bf16_operands = parse_impl(impl) == 1;
+  const int operands = parse_impl(impl);
   const at::Tensor X = points.contiguous();
   at::Tensor forces = at::empty_like(X);
   at::Tensor max_cos = at::empty({X.size(0)}, X.options());
   at::Tensor energy = at::empty({X.size(0)}, X.options());
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "nbody_forces_cpu", [&] {
-    nbody_cpu_impl<scalar_t>(X, kind, static_cast<scalar_t>(param), static_cast<scalar_t>(shift), bf16_operands,
-                             forces, max_cos, energy);
+    nbody_cpu_impl<scalar_t>(X, kind, static_cast<scalar_t>(param), static_cast<scalar_t>(shift), operands, forces,
+                             max_cos, energy);
   });
   return {forces, max_cos, energy};
 }
@@ -205,6 +416,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nbody_forces_cuda_op(const at::Te
                    points.scalar_type());
   const int kind = parse_potential(potential, param, shift);
   const int impl_id = parse_impl(impl);
+  TORCH_CHECK_VALUE(impl_id != kSplitBf16Operands,
+                    "nbody_forces: impl 'bf16x3' is CPU-only; on CUDA use 'simt' (fp32), 'tensor_core' or 'triton'");
   const c10::cuda::CUDAGuard guard(points.device());
   const at::Tensor X = points.contiguous();
   at::Tensor forces = at::empty_like(X);
@@ -213,7 +426,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nbody_forces_cuda_op(const at::Te
   const int64_t C = X.size(0), d = X.size(1);
   void* stream = at::cuda::getCurrentCUDAStream().stream();
   int err = 0;
-  if (impl_id == 1 && nbody_tc_usable(d)) {
+  if (impl_id == kBf16Operands && nbody_tc_usable(d)) {
     int64_t rows = 0, cols = 0;
     nbody_tc_operand_shape(C, d, &rows, &cols);
     // The bf16 operands, rounded to nearest even like the CPU op's and the Triton kernel's.

@@ -16,7 +16,8 @@ needs_cuda_op = pytest.mark.skipif(not (torch.cuda.is_available() and _ext.has_c
 # (potential, param); lse at t = 0.01 sends cosines above 0.6 into the linear continuation.
 POTENTIALS = [("coulomb", 1.0), ("riesz", 4.0), ("riesz", 0.5), ("lse", 0.2), ("lse", 0.01), ("hinge", 0.1),
               ("hinge", -0.3)]
-SHAPES = [(1, 5), (2, 3), (37, 7), (130, 33)]
+# (2100, 6): three row tiles of the CPU op (1024 rows each at most), several column blocks each.
+SHAPES = [(1, 5), (2, 3), (37, 7), (130, 33), (2100, 6)]
 
 
 def random_points(c, d, seed=0, dtype=torch.float64):
@@ -140,16 +141,37 @@ def check_bf16_operands_against_truth(points, potential, param, offset, run, tol
 
 @needs_ext
 @pytest.mark.parametrize("potential,param,offset", BF16_CASES)
-@pytest.mark.parametrize("shape", [(1, 4), (37, 7), (300, 130)])
-def test_cpu_bf16_operands_match_dense_float64(potential, param, offset, shape):
-    """impl='tensor_core' on CPU (bf16 operands) against float64: no further from the truth than the
-    exact math on the bf16-rounded points, plus the tolerance above."""
+@pytest.mark.parametrize("shape", [(1, 4), (37, 7), (300, 130), (2100, 24)])
+@pytest.mark.parametrize("impl", ["tensor_core", "bf16x3"])
+def test_cpu_bf16_operands_match_dense_float64(potential, param, offset, shape, impl):
+    """impl='tensor_core' and 'bf16x3' on CPU (bf16 operands, split ones for the cosines of the latter)
+    against float64: no further from the truth than the exact math on the bf16-rounded points, plus
+    the tolerance above."""
     points = random_points(*shape, seed=11, dtype=torch.float32)
     fast, shift = check_bf16_operands_against_truth(
-        points, potential, param, offset, lambda p, s: nbody_forces(p, potential, param, impl="tensor_core", shift=s))
-    if shape[0] > 1:  # and the operands really are bf16: the cosines move in the 4th digit or so
+        points, potential, param, offset, lambda p, s: nbody_forces(p, potential, param, impl=impl, shift=s))
+    if shape[0] > 1 and impl == "tensor_core":  # the operands really are bf16: cosines move in the 4th digit
         exact = nbody_forces(points, potential, param, shift=shift)[1]
         assert (fast[1] - exact).abs().max().item() > 1e-6
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", [(300, 130), (2100, 64)])
+@pytest.mark.parametrize("offset", [0.0, 2e-3, -1e-3])
+def test_cpu_split_bf16_cosines_near_the_shift(shape, offset):
+    """impl='bf16x3' is for the optimiser's end phase: lse with the shift near the largest cosine.
+    There its largest cosines are good to about 1e-6 (split operands), while plain bf16 operands are
+    off by about 1e-4; away from the shift the bf16 product's rounding, 2^-9 of c - shift, remains."""
+    points = random_points(*shape, seed=4, dtype=torch.float32)
+    truth_max = dense_truth(points.double(), "coulomb", 1.0)[1]
+    shift = truth_max.max().item() + offset
+    split = nbody_forces(points, "lse", 1e-3, impl="bf16x3", shift=shift)[1].double()
+    plain = nbody_forces(points, "lse", 1e-3, impl="tensor_core", shift=shift)[1].double()
+    allowed = 1e-5 + 2.0 ** -8 * (truth_max - shift).abs()
+    assert ((split - truth_max).abs() <= allowed).all(), (split - truth_max).abs().max().item()
+    top = truth_max > truth_max.max() - 0.01  # rows whose largest cosine sits near the shift
+    assert (split - truth_max)[top].abs().max().item() < 2e-5
+    assert (plain - truth_max)[top].abs().max().item() > 5e-5  # what the split buys
 
 
 @needs_ext
@@ -167,10 +189,14 @@ def test_single_point_and_pair():
 
 
 @needs_ext
-def test_nan_in_gives_nan_out():
-    points = random_points(6, 4)
+@pytest.mark.parametrize("potential,param", [("lse", 0.1), ("coulomb", 1.0)])
+@pytest.mark.parametrize("dtype,impl", [(torch.float64, "auto"), (torch.float32, "auto"),
+                                        (torch.float32, "tensor_core"), (torch.float32, "bf16x3")])
+def test_nan_in_gives_nan_out(potential, param, dtype, impl):
+    # float32 lse takes the branch-free loop of the CPU op, the others the generic one.
+    points = random_points(40, 4, dtype=dtype)
     points[2, 1] = float("nan")
-    forces, _, energy = nbody_forces(points, "lse", 0.1)
+    forces, _, energy = nbody_forces(points, potential, param, impl=impl)
     assert torch.isnan(energy).all() and torch.isnan(forces).any()
 
 
@@ -214,7 +240,7 @@ def test_raw_op_checks_its_arguments(args, exc):
 
 @needs_ext
 @pytest.mark.parametrize("args", [("coulomb", 1.0, "auto", 0.0), ("lse", 0.01, "tensor_core", 0.3),
-                                  ("hinge", 0.1, "simt", 0.0)])
+                                  ("hinge", 0.1, "simt", 0.0), ("lse", 0.01, "bf16x3", 0.3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_op_registration_passes_opcheck(args, dtype):
     """Schema, fake (meta) implementation and dispatch agree, so the op traces under torch.compile."""
