@@ -3,11 +3,12 @@
 `repulsion`: projected heavy-ball steps on the log-sum-exp of all pairwise cosines, a soft maximum
 whose sharpness beta (inverse temperature) rises each time the largest cosine stops improving, so
 the early iterations reshape the whole cosine distribution and the late ones press only the pairs at
-the maximum. Once beta is large the forces come with exact fp32 products on CPU (bf16 operands'
-cosine error, about 1e-4, is then a sizeable part of the temperature). Stops when the largest cosine
-has not improved at the sharpest setting. (This replaced a hinge potential whose target followed the
-maximum: at (10000, 512) on the 2-core CPU it stopped at a largest cosine of 0.061 after 213 s, this
-schedule without the exact phase at 0.053 after 437 s; benchmarks/results has the runs.)
+the maximum. Once beta is large the cosines come from split bf16 operands on CPU (the op's
+'bf16x3': plain bf16 operands' cosine error, about 1e-4, is then a sizeable part of the
+temperature). Stops when the largest cosine has not improved at the sharpest setting. (This
+replaced a hinge potential whose target followed the maximum: at (10000, 512) on the 2-core CPU it
+stopped at a largest cosine of 0.061 after 213 s, this schedule without the exact phase at 0.053
+after 437 s; benchmarks/results has the runs.)
 
 `charge_model`: the authors' generator (inverse-square forces between unit charges, tangential part,
 velocity update, renormalisation), vectorised through the op, with the step scaled by 1/(C-1).
@@ -99,6 +100,9 @@ def _tangent_step(x, direction, lr):
 # step of beta gains little).
 BF16_ENGINES = ("op:tensor_core", "triton")
 EXACT_GROWTH = 1.2
+# The CPU engine of the end phase: split bf16 operands, cosines near the shift to about 1e-6 (fp32's
+# 'auto' gives 1e-7 at twice the time: 0.88 s against 0.43 s at C=10000, d=512 on the 2-core CPU).
+END_IMPL_CPU = "bf16x3"
 
 
 @torch.no_grad()
@@ -115,11 +119,13 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
     temperature, independent of C (the force sums grow with C; normalising removes that).
 
     From beta = exact_from * sqrt(d) on, beta grows by 1.2 a step, and on CPU the bf16-operand op
-    ('tensor_core') gives way to the fp32 one: near the end the pairs that matter sit within a
-    temperature (1/beta, ~1e-3 to 1e-4) of the maximum, where bf16 operands' cosine error (~1e-4)
-    would decide which pairs push. On the 2-core CPU this exact, sharper end lowered the result by
-    1.5-2% at (1000, 64), (2000, 128) and (10000, 512) (benchmarks/results, ...-exact-end.json). On
-    CUDA the engine stays (the exact SIMT kernel is several times slower there; not measured).
+    ('tensor_core') gives way to 'bf16x3', whose cosines near the shift are good to about 1e-6: near
+    the end the pairs that matter sit within a temperature (1/beta, ~1e-3 to 1e-4) of the maximum,
+    where bf16 operands' cosine error (~1e-4) would decide which pairs push. On the 2-core CPU this
+    exact, sharper end (then with the fp32 op) lowered the result by 1.5-2% at (1000, 64), (2000,
+    128) and (10000, 512) (benchmarks/results, ...-exact-end.json); 'bf16x3' costs half the fp32
+    op's time there. On CUDA the engine stays (the exact SIMT kernel is several times slower there;
+    not measured).
 
     Stops at max_iters force evaluations, after time_limit seconds, or when at the largest beta the
     best largest cosine has not improved for `patience` iterations ("converged").
@@ -132,10 +138,10 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
         sharpness: (first, last) beta / sqrt(d).
         growth, window: beta *= growth after `window` iterations without a new best.
         patience: iterations without a new best at the last beta before stopping.
-        exact_from: beta / sqrt(d) where the end phase starts (faster growth; on CPU the fp32 op
+        exact_from: beta / sqrt(d) where the end phase starts (faster growth; on CPU the 'bf16x3' op
             replaces the bf16 one, a custom `engine` never is); None: no end phase.
         time_limit: seconds, or None.
-        impl: the force implementation ('auto', 'simt', 'tensor_core', 'triton'); None picks
+        impl: the force implementation ('auto', 'simt', 'tensor_core', 'bf16x3', 'triton'); None picks
             nbody.default_impl(device): the bf16-operand op on CPU, the Triton kernel on CUDA.
         progress: show a progress bar (iteration, largest cosine, time).
         engine: force function (points, potential, param, shift=...) -> (forces, max_cos, energy);
@@ -145,7 +151,7 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
         OptimiserResult with the best point set seen (float32, on the device of `points`); history
         holds the largest cosine of every evaluated iterate (to the engine's precision: about 1e-4
         with bf16 operands; measure the result with `centroid_stats`); engine names both engines
-        ('op:tensor_core, then op:auto') when the exact one took over.
+        ('op:tensor_core, then op:bf16x3') when the exact one took over.
     """
     x = _as_master(points)
     c, d = x.shape
@@ -159,8 +165,8 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
     beta = sharpness[0] * math.sqrt(d)
     beta_last = sharpness[1] * math.sqrt(d)
     # The end phase: from here beta grows faster, and on CPU a bf16-operand engine gives way to the
-    # fp32 op (1.7x its cost there). On CUDA the exact engine would be the SIMT kernel, 5-8x slower
-    # than the bf16 ones on an H200, a trade-off no GPU run has measured yet: the engine stays.
+    # split-operand one (1.5x its cost there). On CUDA the exact engine would be the SIMT kernel, 5-8x
+    # slower than the bf16 ones on an H200, a trade-off no GPU run has measured yet: the engine stays.
     end_beta = math.inf if exact_from is None else exact_from * math.sqrt(d)
     switch_engine = engine_name in BF16_ENGINES and x.device.type == "cpu"
     step_growth = growth
@@ -179,7 +185,7 @@ def repulsion(points, *, max_iters=3000, lr=2.0, momentum=0.9, sharpness=(2.0, 1
             end_beta = math.inf
             step_growth = max(growth, EXACT_GROWTH)
             if switch_engine:
-                engine, exact_name = force_engine(x.device, impl="auto")
+                engine, exact_name = force_engine(x.device, impl=END_IMPL_CPU)
                 engine_name = f"{engine_name}, then {exact_name}"
                 # The best so far was judged by bf16 cosines: judge it again, exactly.
                 best = float(engine(best_points, "lse", 1.0 / beta, shift=shift)[1].max())
