@@ -6,8 +6,8 @@
                                                         # quality at (100000, 512)
     python benchmarks/bench_centroids.py --dry-run      # tiny shapes on the CPU, seconds
 
-Forces (section "force"): the compiled op pk.nbody_forces ('op' and 'op_bf16', its bf16-operand
-impl='tensor_core', on a CPU; 'simt' and 'tensor_core' on a GPU) against
+Forces (section "force"): the compiled op pk.nbody_forces ('op', 'op_bf16', its bf16-operand
+impl='tensor_core', and 'op_bf16x3', impl='bf16x3', on a CPU; 'simt' and 'tensor_core' on a GPU) against
 pedcc_kernels.nbody.nbody_forces_torch, the same math as chunked torch matmuls (cuBLAS on a GPU),
 which is the baseline of the ratios. Points are random unit vectors in float32.
 
@@ -26,11 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Prepared, Run, Section, Unavailable, add_common_args, autotune_keys,  # noqa: E402
                      autotune_report, resolve_common)
 
-FORCE_IMPLS = {"cpu": ("op", "op_bf16", "torch"), "cuda": ("simt", "tensor_core", "triton", "torch")}
+FORCE_IMPLS = {"cpu": ("op", "op_bf16", "op_bf16x3", "torch"), "cuda": ("simt", "tensor_core", "triton", "torch")}
 # --optimiser-impl fastest: the quickest impl at the largest C whose check values stay this close to torch's
 FASTEST_MAX_REL_DIFF = 2e-3  # bf16 (Triton) and tf32 (the first tensor_core) operands agreed to 1e-4 to 4e-4 on an H200
-# Bench names of the op's impl argument ('op_bf16': the CPU's 'tensor_core', bf16 operands).
-OP_IMPL = {"op": "auto", "op_bf16": "tensor_core"}
+# Bench names of the op's impl argument ('op_bf16': the CPU's 'tensor_core', bf16 operands;
+# 'op_bf16x3': split bf16 operands for the Gram product, the optimiser's end phase on CPU).
+OP_IMPL = {"op": "auto", "op_bf16": "tensor_core", "op_bf16x3": "bf16x3"}
 # repulsion before pedcc: if a step's time limit cuts the run short, the method with targets is measured
 QUALITY_METHODS = ("random", "code", "repulsion", "pedcc")
 # The authors' generator runs a fixed 200 iterations; where one iteration costs seconds (C=10000 on
