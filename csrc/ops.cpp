@@ -108,10 +108,11 @@ int64_t rows_per_tile(int64_t C, int64_t elem_size) {
 // Columns per task of weigh_tile: each task owns whole columns, so their statistics need no merge.
 constexpr int64_t kColumnBlock = 256;
 
-// The lse potential in float, the optimisers' case, has a branch-free loop below: expf is a library
-// call that no loop vectorises, and near the maximum whether a pair's exponent underflows is a coin
-// toss per pair, so branches mispredict. On x86-64 Linux the loop is compiled for AVX-512, AVX2 and
-// the baseline, picked when the library loads (GCC/Clang function multiversioning).
+// In float, the lse potential (the optimisers'), Coulomb's (the charge model's) and the hinge have a
+// branch-free loop below: expf and powf are library calls that no loop vectorises, and near the
+// maximum whether a pair's lse exponent underflows is a coin toss per pair, so branches mispredict.
+// On x86-64 Linux the loop is compiled for AVX-512, AVX2 and the baseline, picked when the library
+// loads (GCC/Clang function multiversioning). Riesz (powf) keeps the generic loop.
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
 #define PEDCC_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
@@ -137,11 +138,6 @@ inline uint16_t bf16_bits(float v) {
   return v == v ? static_cast<uint16_t>(rounded) : uint16_t(0x7FC0);
 }
 
-inline float value_of(float v) { return v; }
-inline float value_of(uint16_t bf16) { return float_from_bits(uint32_t(bf16) << 16); }
-inline void store(float* dst, float v) { *dst = v; }
-inline void store(uint16_t* dst, float v) { *dst = bf16_bits(v); }
-
 // e^u for u in [kLseExponentFloor, kLseExponentCap], within about 2 ulp of expf: u = n ln2 + r with
 // |r| <= ln2 / 2 (ln2 in two parts, Cody and Waite), e^r by its Taylor polynomial of degree 7
 // (remainder below 1e-8), 2^n from the exponent bits.
@@ -160,55 +156,74 @@ inline float exp_in_range(float u) {
   return p * float_from_bits(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
 }
 
-// pair_potential's lse branch for one row's n cosines (the tile holds c - gram_offset; pair_shift
-// is shift - gram_offset), weights stored in place, the row's largest cosine and energy returned and
-// the columns' merged into cmax / csum. `self` is the diagonal's index in the segment (or -1). The
-// row's statistics are kept per lane of 16 columns (the inner loop is one vector on AVX-512) and
-// merged at the end, so no loop carries a reduction.
+// pair_potential without branches, for Kind in {kLse, kCoulomb, kHinge}; NaN in gives NaN out.
+template <int Kind>
+inline __attribute__((always_inline)) void pair_potential_flat(float c, float param, float shift, float top,
+                                                               float* phi, float* dphi) {
+  if constexpr (Kind == kLse) {
+    const float cap = static_cast<float>(kLseExponentCap), floor = kLseExponentFloor;
+    const float u = (c - shift) / param;
+    const bool number = u == u;  // NaN flows through the selects, not through exp_in_range
+    const float e = exp_in_range(u > cap ? cap : (u < floor ? floor : (number ? u : 0.0f)));
+    *phi = u > cap ? top * (1.0f + u - cap) : (u < floor ? 0.0f : (number ? e : u));
+    *dphi = u > cap ? top / param : (u < floor ? 0.0f : (number ? e / param : u));
+  } else if constexpr (Kind == kCoulomb) {
+    const float floor = static_cast<float>(kMinSquaredDistance);
+    float r2 = 2.0f - 2.0f * c;
+    r2 = r2 < floor ? floor : r2;
+    const float e = 1.0f / std::sqrt(r2);
+    *phi = e;
+    *dphi = e / r2;
+  } else {
+    const float excess = c - param;
+    const float positive = excess > 0.0f || excess != excess ? excess : 0.0f;
+    *phi = positive * positive;
+    *dphi = 2.0f * positive;
+  }
+}
+
+// One row's n cosines of the tile (c - gram_offset; shift is the pair shift), weights written over
+// them, the row's largest cosine and energy returned and the columns' merged into cmax / csum.
+// `self` is the diagonal's index in the segment (or -1). The row's statistics are kept per lane of
+// 16 columns (one vector on AVX-512) and merged at the end, so no loop carries a reduction.
 constexpr int kLanes = 16;
 
-template <typename S>
-inline __attribute__((always_inline)) void lse_pair(S* __restrict__ row, int64_t k, int64_t self, float pair_shift,
-                                                    float param, float top, float* __restrict__ cmax,
-                                                    float* __restrict__ csum, float& best, float& total) {
-  const float cap = static_cast<float>(kLseExponentCap), floor = kLseExponentFloor;
+template <int Kind>
+inline __attribute__((always_inline)) void weigh_pair(float* __restrict__ row, int64_t k, int64_t self, float param,
+                                                      float shift, float top, float* __restrict__ cmax,
+                                                      float* __restrict__ csum, float& best, float& total) {
   const float lowest = -std::numeric_limits<float>::infinity();
-  const float c = value_of(row[k]);
-  const float u = (c - pair_shift) / param;
-  const bool keep = u == u;  // NaN flows through the selects below, not through exp_in_range
-  const float clamped = u > cap ? cap : (u < floor ? floor : (keep ? u : 0.0f));
-  const float e = exp_in_range(clamped);
-  float phi = u > cap ? top * (1.0f + u - cap) : (u < floor ? 0.0f : (keep ? e : u));
-  float dphi = u > cap ? top / param : (u < floor ? 0.0f : (keep ? e / param : u));
+  const float c = row[k];
+  float phi, dphi;
+  pair_potential_flat<Kind>(c, param, shift, top, &phi, &dphi);
   const bool pair = k != self;
   phi = pair ? phi : 0.0f;
-  dphi = pair ? dphi : 0.0f;
+  row[k] = pair ? dphi : 0.0f;
   const float cos = pair ? c : lowest;
-  store(row + k, dphi);
   best = cos > best ? cos : best;
   total += phi;
   cmax[k] = cos > cmax[k] ? cos : cmax[k];
   csum[k] += phi;
 }
 
-template <typename S>
-inline __attribute__((always_inline)) void lse_row(S* __restrict__ row, int64_t n, int64_t self, float pair_shift,
-                                                   float param, float* __restrict__ cmax, float* __restrict__ csum,
-                                                   float* row_best, float* row_energy) {
+template <int Kind>
+inline __attribute__((always_inline)) void weigh_row(float* __restrict__ row, int64_t n, int64_t self, float param,
+                                                     float shift, float* __restrict__ cmax, float* __restrict__ csum,
+                                                     float* row_best, float* row_energy) {
   float best[kLanes], total[kLanes];
   for (int l = 0; l < kLanes; ++l) {
     best[l] = -std::numeric_limits<float>::infinity();
     total[l] = 0.0f;
   }
-  const float top = std::exp(static_cast<float>(kLseExponentCap));  // where phi continues linearly
+  const float top = std::exp(static_cast<float>(kLseExponentCap));  // where lse continues linearly
   int64_t k0 = 0;
   for (; k0 + kLanes <= n; k0 += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      lse_pair(row, k0 + l, self, pair_shift, param, top, cmax, csum, best[l], total[l]);
+      weigh_pair<Kind>(row, k0 + l, self, param, shift, top, cmax, csum, best[l], total[l]);
     }
   }
   for (int64_t k = k0; k < n; ++k) {
-    lse_pair(row, k, self, pair_shift, param, top, cmax, csum, best[k - k0], total[k - k0]);
+    weigh_pair<Kind>(row, k, self, param, shift, top, cmax, csum, best[k - k0], total[k - k0]);
   }
   float b = best[0], t = total[0];
   for (int l = 1; l < kLanes; ++l) {
@@ -219,33 +234,47 @@ inline __attribute__((always_inline)) void lse_row(S* __restrict__ row, int64_t 
   *row_energy = t;
 }
 
-PEDCC_CPU_CLONES void lse_row_float(float* row, int64_t n, int64_t self, float pair_shift, float param, float* cmax,
-                                    float* csum, float* row_best, float* row_energy) {
-  lse_row(row, n, self, pair_shift, param, cmax, csum, row_best, row_energy);
+bool has_flat_potential(int kind) { return kind == kLse || kind == kCoulomb || kind == kHinge; }
+
+inline __attribute__((always_inline)) void weigh_row_flat(int kind, float* row, int64_t n, int64_t self, float param,
+                                                          float shift, float* cmax, float* csum, float* row_best,
+                                                          float* row_energy) {
+  if (kind == kLse) {
+    weigh_row<kLse>(row, n, self, param, shift, cmax, csum, row_best, row_energy);
+  } else if (kind == kCoulomb) {
+    weigh_row<kCoulomb>(row, n, self, param, shift, cmax, csum, row_best, row_energy);
+  } else {
+    weigh_row<kHinge>(row, n, self, param, shift, cmax, csum, row_best, row_energy);
+  }
+}
+
+PEDCC_CPU_CLONES void weigh_row_float(int kind, float* row, int64_t n, int64_t self, float param, float shift,
+                                      float* cmax, float* csum, float* row_best, float* row_energy) {
+  weigh_row_flat(kind, row, n, self, param, shift, cmax, csum, row_best, row_energy);
 }
 
 // bf16 tiles go through a float copy of the segment (n <= kColumnBlock): loops that mix 16- and
 // 32-bit lanes with the potential's selects did not vectorise (GCC 12), these three do.
-PEDCC_CPU_CLONES void lse_row_bf16(uint16_t* __restrict__ row, int64_t n, int64_t self, float pair_shift, float param,
-                                   float* cmax, float* csum, float* row_best, float* row_energy) {
+PEDCC_CPU_CLONES void weigh_row_bf16(int kind, uint16_t* __restrict__ row, int64_t n, int64_t self, float param,
+                                     float shift, float* cmax, float* csum, float* row_best, float* row_energy) {
   float values[kColumnBlock];
-  for (int64_t k = 0; k < n; ++k) values[k] = value_of(row[k]);
-  lse_row(values, n, self, pair_shift, param, cmax, csum, row_best, row_energy);
+  for (int64_t k = 0; k < n; ++k) values[k] = float_from_bits(uint32_t(row[k]) << 16);
+  weigh_row_flat(kind, values, n, self, param, shift, cmax, csum, row_best, row_energy);
   for (int64_t k = 0; k < n; ++k) row[k] = bf16_bits(values[k]);
 }
 
-// The fast path where there is one (float lse), else false.
+// The branch-free loop where there is one (float, a potential without powf), else false.
 template <typename T, typename S>
-bool lse_row_fast(S* row, int64_t n, int64_t self, int kind, T pair_shift, T param, T* cmax, T* csum, T* best,
-                  T* energy) {
+bool weigh_row_fast(S* row, int64_t n, int64_t self, int kind, T param, T pair_shift, T* cmax, T* csum, T* best,
+                    T* energy) {
   if constexpr (std::is_same<T, float>::value && std::is_same<S, float>::value) {
-    if (kind == kLse) lse_row_float(row, n, self, pair_shift, param, cmax, csum, best, energy);
-    return kind == kLse;
+    if (has_flat_potential(kind)) weigh_row_float(kind, row, n, self, param, pair_shift, cmax, csum, best, energy);
+    return has_flat_potential(kind);
   } else if constexpr (std::is_same<T, float>::value && std::is_same<S, at::BFloat16>::value) {
-    if (kind == kLse) {
-      lse_row_bf16(reinterpret_cast<uint16_t*>(row), n, self, pair_shift, param, cmax, csum, best, energy);
+    if (has_flat_potential(kind)) {
+      weigh_row_bf16(kind, reinterpret_cast<uint16_t*>(row), n, self, param, pair_shift, cmax, csum, best, energy);
     }
-    return kind == kLse;
+    return has_flat_potential(kind);
   } else {
     return false;
   }
@@ -273,7 +302,7 @@ void weigh_tile(S* wp, int64_t rows, int64_t width, int kind, T param, T pair_sh
         S* row = wp + i * width + j0;
         T best = lowest, e_sum = 0;
         const int64_t self = i >= j0 && i < j0 + n ? i - j0 : -1;
-        if (lse_row_fast<T, S>(row, n, self, kind, pair_shift, param, cmax, csum, &best, &e_sum)) {
+        if (weigh_row_fast<T, S>(row, n, self, kind, param, pair_shift, cmax, csum, &best, &e_sum)) {
           part_max[b * rows + i] = best;
           part_energy[b * rows + i] = e_sum;
           continue;
