@@ -366,9 +366,10 @@ void nbody_cpu_impl(const at::Tensor& X, int kind, T param, T shift, int operand
   // A bf16 product also comes back in bf16, rounded to 2^-9 of its value. For a shifted lse extra
   // features (-shift on the left, 1 on the right) make the product c - shift instead: then the
   // rounding is relative to the distance from the shift, small exactly for the pairs whose weights
-  // count (near the largest cosine at a small temperature). Split operands split the shift too.
+  // count (near the largest cosine at a small temperature). Split operands split the shift too. A
+  // shift outside [-1, 1] is no cosine: the product c - shift would lose more than c itself.
   T gram_offset = 0;  // what the product lacks of the cosine: c = product + gram_offset
-  if (bf16 && kind == kLse && shift != 0) {
+  if (bf16 && kind == kLse && shift != 0 && std::abs(shift) <= T(1)) {
     const float shift_hi = static_cast<float>(c10::BFloat16(static_cast<float>(shift)));
     std::vector<double> offsets = {shift_hi};
     if (operands == kSplitBf16Operands) {

@@ -156,6 +156,35 @@ def test_cpu_bf16_operands_match_dense_float64(potential, param, offset, shape, 
 
 
 @needs_ext
+def test_cpu_op_counts_every_pair_once_over_uneven_tiles():
+    """Rows with four entries +-1/2 have cosines in multiples of 1/4, and the hinge at -1 sums (c + 1)^2:
+    every product and energy term is exact, so the statistics must equal float64's exactly. 5000 float64
+    points make 838-row tiles: their diagonal blocks straddle the 256-column blocks."""
+    g = torch.Generator().manual_seed(8)
+    c, d = 5000, 16
+    points = torch.zeros(c, d, dtype=torch.float64)
+    support = torch.rand(c, d, generator=g).argsort(dim=1)[:, :4]
+    signs = torch.randint(0, 2, (c, 4), generator=g).double() * 2 - 1
+    points.scatter_(1, support, signs / 2)
+    forces, max_cos, energy = nbody_forces(points, "hinge", -1.0)
+    true_forces, true_max, true_energy = dense_truth(points, "hinge", -1.0)
+    assert torch.equal(max_cos, true_max) and torch.equal(energy, true_energy)
+    torch.testing.assert_close(forces, true_forces, rtol=1e-12, atol=1e-9)
+
+
+@needs_ext
+@pytest.mark.parametrize("impl", ["tensor_core", "bf16x3"])
+@pytest.mark.parametrize("shift", [5.0, -40.0, 1e30])
+def test_cpu_bf16_shift_beyond_the_cosines(impl, shift):
+    """A shift no cosine can reach is not put into the bf16 product (c - shift would round to
+    2^-9 |shift|): the largest cosines stay those of plain bf16 operands."""
+    points = random_points(300, 64, seed=2, dtype=torch.float32)
+    truth = dense_truth(points.double(), "coulomb", 1.0)[1]
+    fast = nbody_forces(points, "lse", 10.0, impl=impl, shift=shift)[1].double()
+    assert (fast - truth).abs().max().item() < 4e-3
+
+
+@needs_ext
 @pytest.mark.parametrize("shape", [(300, 130), (2100, 64)])
 @pytest.mark.parametrize("offset", [0.0, 2e-3, -1e-3])
 def test_cpu_split_bf16_cosines_near_the_shift(shape, offset):
