@@ -92,7 +92,7 @@ def test_repulsion_ends_on_exact_products():
     # entries from then on are largest cosines good to HISTORY_PRECISION, and the result is the best
     # of them (or better).
     start = random_centroids(150, 8, torch.Generator().manual_seed(1))
-    result = repulsion(start, max_iters=150, impl="tensor_core", exact_from=4.0)
+    result = repulsion(start, max_iters=150, impl="tensor_core", exact_from=3.0)
     assert result.engine == ("op:tensor_core, then op:bf16x3" if _ext.available() else "torch")
     if not _ext.available():
         return
