@@ -140,19 +140,24 @@ def make_case(p):
         return {"force_norm": forces.double().norm().item(), "max_cos": max_cos.max().item(),
                 "energy": energy.double().sum().item()}
 
-    details = None
-    if p["impl"] == "triton":
-        from pedcc_kernels.kernels.fused_loss_config import padded_dim
-        from pedcc_kernels.kernels.nbody_sweep import nbody_sweep_kernel
-
-        sweep = nbody_sweep_kernel(padded_dim(p["d"]))
-        known = autotune_keys(sweep)
-
-        def details():
-            return {"autotuning": {"nbody_sweep": autotune_report(sweep, known)}}
-
     return Prepared(run=run, input_bytes=points.numel() * points.element_size(),
-                    flop=4.0 * p["C"] ** 2 * p["d"], check=check, details=details)
+                    flop=4.0 * p["C"] ** 2 * p["d"], check=check, details=triton_details(p))
+
+
+def triton_details(p):
+    """For the Triton kernel, a function reporting its autotuner's choice after the run; else None."""
+    if p["impl"] != "triton":
+        return None
+    from pedcc_kernels.kernels.fused_loss_config import padded_dim
+    from pedcc_kernels.kernels.nbody_sweep import nbody_sweep_kernel
+
+    sweep = nbody_sweep_kernel(padded_dim(p["d"]))
+    known = autotune_keys(sweep)
+
+    def details():
+        return {"autotuning": {"nbody_sweep": autotune_report(sweep, known)}}
+
+    return details
 
 
 def generate(p):
