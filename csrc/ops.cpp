@@ -79,7 +79,7 @@ int parse_potential(c10::string_view name, double param, double shift) {
 // becomes the default only once a GPU run has matched and timed it; the optimisers use the Triton
 // kernel (pedcc_kernels/kernels/nbody_sweep.py) meanwhile.
 // On CPU, 'tensor_core' runs both products with bf16 operands (oneDNN: AVX512-BF16/AMX where the
-// CPU has them; benchmarks/results has the op at 1.7x its fp32 rate on a 2-core AMD EPYC), and
+// CPU has them; benchmarks/results has the op at 2.2x its fp32 rate on a 2-core AMD EPYC), and
 // 'bf16x3' (CPU only) takes the Gram product from split operands, hi + lo (see nbody_cpu_impl).
 enum Operands { kExactOperands = 0, kBf16Operands = 1, kSplitBf16Operands = 2 };
 

@@ -13,8 +13,8 @@ odd m with 2^m - 1 <= d is embedded by a random (seeded) isometry.
 
 Why it is here: at C = 100,000, d = 512 the repulsion optimiser needs hundreds of O(C^2 d) force
 evaluations to approach this value (0.12 after 92 evaluations on an H200); the code gives 0.0607 in
-0.66 s on a 2-core CPU. Given time, the optimiser does better at moderate C (0.0525 at C = 10,000 after
-570 s on that CPU, where the code also gives 0.0607).
+0.66 s on a 2-core CPU. Given time, the optimiser does better at moderate C (0.0519 at C = 10,000,
+converged after 408 s on that CPU, where the code also gives 0.0607).
 """
 import functools
 import math

@@ -54,8 +54,8 @@ def random_centroids(num_classes, dim, generator):
 
 
 # Above this many classes 'auto' takes the binary code where it holds them: the optimiser's O(C^2 d)
-# iterations stop paying. At C=10000, d=512 repulsion beats the code (max cos 0.0525 against 0.0607,
-# after 570 s on a 2-core CPU); at C=100000 it was still at 0.12-0.14 after 25-103 s on an H200
+# iterations stop paying. At C=10000, d=512 repulsion beats the code (max cos 0.0519 against 0.0607,
+# converged after 408 s on a 2-core CPU); at C=100000 it was still at 0.12-0.14 after 25-103 s on an H200
 # (benchmarks/results), where the code gives 0.0607 in 0.66 s on the 2-core CPU.
 CODE_ABOVE = 20000
 
@@ -95,8 +95,8 @@ def generate_centroids(num_classes, dim, *, method="auto", seed=0, device=None, 
         max_iters: cap on force evaluations of the iterative methods (default 3000 for
             'repulsion', 200 for 'pedcc' as in the authors' code).
         time_limit: seconds after which 'repulsion' returns its best point set so far (None: run
-            until it converges or reaches max_iters; (10000, 512) converged after 778 s on a 2-core
-            CPU, 0.0525 at 570 s).
+            until it converges or reaches max_iters; (10000, 512) converged after 408 s on a 2-core
+            CPU).
         impl: the force implementation of the iterative methods ('auto', 'simt', 'tensor_core',
             'triton'; see `nbody_forces`); None: nbody.default_impl of the device.
         progress: show a progress bar (iteration, largest cosine, time) for the iterative methods.

@@ -64,8 +64,8 @@ def nbody_forces(points, potential="coulomb", param=1.0, impl="auto", shift=0.0)
             only): the Gram product from split bf16 operands (x = hi + lo, three products in one),
             the pull as 'tensor_core'; the cosines carry about 1e-6 where they are near `shift`
             (the bf16 product is c - shift, rounded to 2^-9 of that): the optimiser's end phase at
-            the speed of about three bf16 products (0.43 s against 0.88 s for fp32 at C=10000,
-            d=512 on the 2-core CPU). 'triton': the Triton kernel (kernels/nbody_sweep.py; float32
+            about 1.5x the time of 'tensor_core' (lse at C=10000, d=512 on the 2-core CPU: 0.4 s,
+            against 0.25 s and 0.83 s for fp32). 'triton': the Triton kernel (kernels/nbody_sweep.py; float32
             CUDA tensors, or any device under TRITON_INTERPRET=1), bf16 operands, fp32 accumulation.
         shift: 'lse' only (else it must be 0): subtracted from the cosine in the exponent. Aiming
             at the largest cosine with a small temperature, pass (an estimate of) that cosine, so
@@ -159,7 +159,7 @@ def nbody_forces_torch(points, potential="coulomb", param=1.0, chunk=None, shift
 
 def default_impl(device):
     """The force implementation the optimisers use on `device` when none is named: on CPU the op's
-    bf16-operand 'tensor_core' (1.7x its fp32 rate at C=5000, d=512 on the 2-core CPU of
+    bf16-operand 'tensor_core' (2.2x its fp32 rate at C=5000, d=512 on the 2-core CPU of
     benchmarks/results); on a CUDA device with bf16 tensor cores (sm_80+) the Triton kernel when triton
     is installed (6.9x chunked cuBLAS fp32 at C=100000, d=512 on an H200; its force norm, largest
     cosine and energy sum agreed with torch's to 1e-4, rows to bf16-operand precision), else the SIMT
