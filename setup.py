@@ -50,7 +50,7 @@ def cxx_standard():
 
 def extension():
     cxx_flags = ["-O3", cxx_standard()]
-    sources = [os.path.join(CSRC, "ops.cpp")]
+    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
     if want_cuda():
         import torch.utils.cpp_extension as ce
 
