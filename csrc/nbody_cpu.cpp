@@ -24,21 +24,15 @@ int64_t rows_per_tile(int64_t C, int64_t elem_size) {
   return std::max<int64_t>(16, std::min<int64_t>(1024, budget / std::max<int64_t>(1, C * elem_size)));
 }
 
-// The branch-free loop where there is one (float, a potential without powf), else false.
-template <typename T, typename S>
-bool weigh_row_fast(S* row, int64_t n, int64_t self, int kind, T param, T pair_shift, T* cmax, T* csum, T* best,
-                    T* energy) {
-  if constexpr (std::is_same<T, float>::value && std::is_same<S, float>::value) {
-    if (has_flat_potential(kind)) weigh_row_float(kind, row, n, self, param, pair_shift, cmax, csum, best, energy);
-    return has_flat_potential(kind);
-  } else if constexpr (std::is_same<T, float>::value && std::is_same<S, at::BFloat16>::value) {
-    if (has_flat_potential(kind)) {
-      weigh_row_bf16(kind, reinterpret_cast<uint16_t*>(row), n, self, param, pair_shift, cmax, csum, best, energy);
-    }
-    return has_flat_potential(kind);
-  } else {
-    return false;
-  }
+// The branch-free loop of nbody_cpu_weights.cpp for a float tile (values, or bf16 bits).
+inline void weigh_row_flat(float* row, int64_t n, int64_t self, int kind, float param, float pair_shift, float* cmax,
+                           float* csum, float* best, float* energy) {
+  weigh_row_float(kind, row, n, self, param, pair_shift, cmax, csum, best, energy);
+}
+
+inline void weigh_row_flat(at::BFloat16* row, int64_t n, int64_t self, int kind, float param, float pair_shift,
+                           float* cmax, float* csum, float* best, float* energy) {
+  weigh_row_bf16(kind, reinterpret_cast<uint16_t*>(row), n, self, param, pair_shift, cmax, csum, best, energy);
 }
 
 // Overwrites a (rows x width) Gram tile, rows r0.. against columns r0.. (kept as S: T, or bf16 with
@@ -53,6 +47,7 @@ void weigh_tile(S* wp, int64_t rows, int64_t width, int kind, T param, T pair_sh
   const int64_t blocks = (width + kColumnBlock - 1) / kColumnBlock;
   std::vector<T> part_max(blocks * rows), part_energy(blocks * rows);
   const T lowest = -std::numeric_limits<T>::infinity();
+  const bool flat = std::is_same<T, float>::value && has_flat_potential(kind);  // float64 keeps the generic loop
   at::parallel_for(0, blocks, 1, [&](int64_t lo, int64_t hi) {
     T cmax[kColumnBlock], csum[kColumnBlock];
     for (int64_t b = lo; b < hi; ++b) {
@@ -63,10 +58,13 @@ void weigh_tile(S* wp, int64_t rows, int64_t width, int kind, T param, T pair_sh
         S* row = wp + i * width + j0;
         T best = lowest, e_sum = 0;
         const int64_t self = i >= j0 && i < j0 + n ? i - j0 : -1;
-        if (weigh_row_fast<T, S>(row, n, self, kind, param, pair_shift, cmax, csum, &best, &e_sum)) {
-          part_max[b * rows + i] = best;
-          part_energy[b * rows + i] = e_sum;
-          continue;
+        if constexpr (std::is_same<T, float>::value) {
+          if (flat) {
+            weigh_row_flat(row, n, self, kind, param, pair_shift, cmax, csum, &best, &e_sum);
+            part_max[b * rows + i] = best;
+            part_energy[b * rows + i] = e_sum;
+            continue;
+          }
         }
         for (int64_t k = 0; k < n; ++k) {
           if (k == self) {
@@ -118,11 +116,11 @@ void nbody_cpu_impl(const at::Tensor& X, int kind, T param, T shift, int operand
   const bool bf16 = operands != kExactOperands;
   const int64_t tile = rows_per_tile(C, bf16 ? 2 : sizeof(T));
   const at::Tensor hi = bf16 ? X.to(at::kBFloat16) : X;  // the pull's operand
-  at::Tensor left = hi, right = hi;
+  std::vector<at::Tensor> left = {hi}, right = {hi};  // the Gram product's features, joined once below
   if (operands == kSplitBf16Operands) {
     const at::Tensor lo = (X - hi.to(X.scalar_type())).to(at::kBFloat16);
-    left = at::cat({hi, hi, lo}, 1);
-    right = at::cat({hi, lo, hi}, 1);
+    left = {hi, hi, lo};
+    right = {hi, lo, hi};
   }
   // A bf16 product also comes back in bf16, rounded to 2^-9 of its value. For a shifted lse extra
   // features (-shift on the left, 1 on the right) make the product c - shift instead: then the
@@ -138,10 +136,12 @@ void nbody_cpu_impl(const at::Tensor& X, int kind, T param, T shift, int operand
     }
     for (const double offset : offsets) {
       gram_offset += static_cast<T>(offset);
-      left = at::cat({left, at::full({C, 1}, -offset, left.options())}, 1);
-      right = at::cat({right, at::ones({C, 1}, right.options())}, 1);
+      left.push_back(at::full({C, 1}, -offset, hi.options()));
+      right.push_back(at::ones({C, 1}, hi.options()));
     }
   }
+  const at::Tensor gram_left = left.size() == 1 ? hi : at::cat(left, 1);
+  const at::Tensor gram_right = right.size() == 1 ? hi : at::cat(right, 1);
   const T pair_shift = shift - gram_offset;
   max_cos.fill_(-std::numeric_limits<double>::infinity());
   energy.zero_();
@@ -150,7 +150,7 @@ void nbody_cpu_impl(const at::Tensor& X, int kind, T param, T shift, int operand
   T* ep = energy.data_ptr<T>();
   for (int64_t r0 = 0; r0 < C; r0 += tile) {
     const int64_t rows = std::min(tile, C - r0), width = C - r0, beyond = width - rows;
-    at::Tensor W = at::mm(left.narrow(0, r0, rows), right.narrow(0, r0, width).t());
+    at::Tensor W = at::mm(gram_left.narrow(0, r0, rows), gram_right.narrow(0, r0, width).t());
     if (bf16) {
       weigh_tile<T>(W.data_ptr<at::BFloat16>(), rows, width, kind, param, pair_shift, gram_offset, mp + r0, ep + r0,
                     mp + r0 + rows, ep + r0 + rows);
